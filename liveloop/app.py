@@ -1,0 +1,153 @@
+"""The ASGI application, and ``app`` for ``hypercorn -k trio liveloop.app:app``.
+
+:class:`RootApp` routes each Engine.IO path to its :class:`EngineServer` and everything
+else to a Quart-Trio app (``GET /``, ``GET /api/status``). Its actors (the Engine.IO
+servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`:
+
+- under ``liveloop serve`` the command's own nursery runs them beside hypercorn, so an
+  actor that crashes ends the process;
+- under ``hypercorn -k trio`` the ASGI lifespan runs them, and a crash is re-raised as
+  hypercorn's ``LifespanFailureError``, which stops the worker rather than leaving a
+  server that answers but no longer matches anyone.
+
+Under hypercorn's default asyncio worker the lifespan startup fails with a message that
+names ``-k trio``: a Trio app cannot serve there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import sniffio
+import trio
+
+from .config import Settings
+from .server import EngineServer, socketio_server
+from .server.asgi import ASGIApp, Receive, Scope, Send, respond
+from .server.cors import OriginPolicy
+
+log = logging.getLogger(__name__)
+
+WRONG_WORKER = (
+    "Live Loop runs on Trio, but hypercorn started an asyncio worker. "
+    "Start it with `hypercorn -k trio liveloop.app:app`, or with `liveloop serve`."
+)
+
+Actor = Callable[..., Awaitable[None]]
+
+
+class RootApp:
+    """Engine.IO endpoints by path, a fallback HTTP app, and the actors they need."""
+
+    def __init__(self, engines: Mapping[str, EngineServer], http: ASGIApp | None,
+                 actors: tuple[Actor, ...] = ()) -> None:
+        self._engines = {path.rstrip("/"): engine for path, engine in engines.items()}
+        self._http = http
+        self._actors = (*actors, *(engine.run for engine in engines.values()))
+        self._running = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run every actor until cancelled; an actor's crash propagates."""
+        async with trio.open_nursery() as nursery:
+            for actor in self._actors:
+                await nursery.start(actor)
+            self._running = True
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._running = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        engine = self._engines.get(scope.get("path", "").rstrip("/"))
+        if engine is not None:
+            await engine(scope, receive, send)
+        elif self._http is not None and kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await respond(send, 404, b"Not Found", [])
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        if sniffio.current_async_library() != "trio":
+            log.critical(WRONG_WORKER)
+            await send({"type": "lifespan.startup.failed", "message": WRONG_WORKER})
+            return
+        if self._running:  # ``liveloop serve`` runs the actors itself
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.run)
+                await send({"type": "lifespan.startup.complete"})
+                await receive()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            from hypercorn.utils import LifespanFailureError
+
+            log.critical("an actor crashed; stopping", exc_info=True)
+            raise LifespanFailureError("serving", repr(exc)) from exc
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def rest_app(settings: Settings, status: Callable[[], dict[str, Any]]) -> ASGIApp:
+    """The Quart-Trio app for the seed's REST endpoints."""
+    from quart import request
+    from quart_trio import QuartTrio
+
+    rest = QuartTrio("liveloop")
+    origins = OriginPolicy(settings.allowed_origins)
+
+    @rest.get("/")
+    async def health() -> dict[str, str]:
+        return {"status": "OK", "message": "Hello, TypeScript!"}
+
+    @rest.get("/api/status")
+    async def api_status() -> dict[str, Any]:
+        return status()
+
+    @rest.after_request
+    async def cors(response: Any) -> Any:
+        for name, value in origins.headers(dict(request.scope)):
+            response.headers[name.decode()] = value.decode("latin-1")
+        return response
+
+    return rest  # type: ignore[return-value]
+
+
+def create_app(settings: Settings) -> RootApp:
+    """Live Loop itself: the service's namespace at ``settings.path``, plus REST."""
+    from .service import LiveLoop
+
+    service = LiveLoop(settings)
+    engine = socketio_server(settings, {"/": service.namespace})
+    return RootApp({settings.path: engine}, rest_app(settings, service.status),
+                   (service.run,))
+
+
+def _lazy_app() -> ASGIApp:
+    instance: RootApp | None = None
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal instance
+        if instance is None:
+            instance = create_app(Settings.from_env())
+        await instance(scope, receive, send)
+
+    return app
+
+
+app = _lazy_app()
+"""What ``hypercorn -k trio liveloop.app:app`` serves; settings from ``LIVELOOP_*``."""

@@ -1,0 +1,61 @@
+"""The ``liveloop`` command: ``serve``, ``conformance`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from .config import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveloop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the Live Loop server")
+    Settings.add_arguments(serve)
+    conformance = commands.add_parser(
+        "conformance", help="run the app the official protocol test suites expect"
+    )
+    Settings.add_arguments(conformance)
+    try:
+        from .bench.cli import add_bench_parser
+    except ImportError:  # the benchmark's own extras are optional
+        pass
+    else:
+        add_bench_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command in ("serve", "conformance"):
+        settings = Settings.from_args(args)
+        if args.command == "serve":
+            from .app import create_app
+
+            app = create_app(settings)
+        else:
+            from .conformance import create_conformance_app
+
+            app = create_conformance_app(settings)
+        from .serve import serve
+
+        try:
+            trio.run(partial(serve, app, settings))
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        print(f"unknown command {args.command}", file=sys.stderr)
+        return 2
+    return int(handler(args))

@@ -1,0 +1,156 @@
+"""The one configuration object, built once from ``LIVELOOP_*`` variables or flags.
+
+Every setting has a field here, a default, an environment variable (the field name in
+upper case behind ``LIVELOOP_``) and a command-line flag (the field name with dashes).
+Nothing else in the package reads the environment: the object is passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+_ENV_PREFIX = "LIVELOOP_"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_origins(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """All of Live Loop's settings. Durations are seconds, sizes are bytes or characters."""
+
+    # Where to listen (``liveloop serve``); hypercorn's own flags win under ``hypercorn``.
+    bind: str = attrs.field(default="127.0.0.1:3000", metadata={"help": "HOST:PORT to listen on"})
+    path: str = attrs.field(default="/socket.io/", metadata={"help": "Engine.IO endpoint path"})
+
+    # Engine.IO
+    ping_interval: float = attrs.field(default=25.0, metadata={"help": "seconds between pings"})
+    ping_timeout: float = attrs.field(default=20.0, metadata={"help": "seconds to wait for pong"})
+    max_payload: int = attrs.field(
+        default=100_000, metadata={"help": "largest packet or polling body, bytes"}
+    )
+    connect_timeout: float = attrs.field(
+        default=45.0, metadata={"help": "seconds a session may stay without a namespace"}
+    )
+    upgrade_timeout: float = attrs.field(
+        default=10.0, metadata={"help": "seconds an upgrade may take"}
+    )
+    max_attachments: int = attrs.field(
+        default=10, metadata={"help": "binary attachments in one Socket.IO packet"}
+    )
+    max_packets_per_payload: int = attrs.field(
+        default=256, metadata={"help": "packets in one polling body"}
+    )
+    outbox_size: int = attrs.field(
+        default=512, metadata={"help": "packets queued for one client before it is dropped"}
+    )
+    mailbox_size: int = attrs.field(
+        default=256, metadata={"help": "messages queued for one connection actor"}
+    )
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        metadata={"help": "comma-separated allowed Origins, or *; empty: same origin only"},
+    )
+
+    # Live Loop
+    rate_limits: bool = attrs.field(default=True, metadata={"help": "on or off, for load tests"})
+    request_room_per: float = attrs.field(
+        default=5.0, metadata={"help": "seconds between two request-room from one client"}
+    )
+    messages_per_minute: int = attrs.field(
+        default=10, metadata={"help": "newMessage events per client per minute"}
+    )
+    pair_cooldown: float = attrs.field(
+        default=60.0, metadata={"help": "seconds two people are not re-paired after Next"}
+    )
+    requeue_partner: bool = attrs.field(
+        default=True, metadata={"help": "put the partner back in the queue when a call ends"}
+    )
+    max_queue: int = attrs.field(default=10_000, metadata={"help": "people waiting at most"})
+    max_name: int = attrs.field(default=40, metadata={"help": "display name, characters"})
+    max_image: int = attrs.field(
+        default=65_536, metadata={"help": "thumbnail data URL, characters"}
+    )
+    max_message: int = attrs.field(default=1_000, metadata={"help": "chat message, characters"})
+    max_sdp: int = attrs.field(default=20_000, metadata={"help": "SDP text, characters"})
+    max_candidate: int = attrs.field(
+        default=2_000, metadata={"help": "ICE candidate JSON, characters"}
+    )
+    status_users: int = attrs.field(
+        default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build the settings from ``LIVELOOP_*`` variables; ``overrides`` win over them."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            raw = env.get(_ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _convert(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per setting; each defaults to None meaning 'not given'."""
+        for field in attrs.fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            parser.add_argument(
+                flag, dest=field.name, default=None, metavar=field.name.upper(),
+                type=functools.partial(_convert, field),
+                help=f"{field.metadata.get('help', '')} (default {field.default!r};"
+                f" env {_ENV_PREFIX}{field.name.upper()})",
+            )
+
+    @classmethod
+    def from_args(
+        cls, namespace: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Environment first, then the flags that were given on the command line."""
+        given = {f.name: getattr(namespace, f.name, None) for f in attrs.fields(cls)}
+        return cls.from_env(environ, **given)
+
+    def conformance(self) -> Settings:
+        """The settings that the official protocol test suites expect."""
+        return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
+                            allowed_origins=("*",))  # type: ignore[arg-type]
+
+
+def _convert(field: attrs.Attribute[Any], raw: str) -> Any:
+    kind = field.type
+    if kind in ("bool", bool):
+        return _parse_bool(raw)
+    if kind in ("int", int):
+        return int(raw)
+    if kind in ("float", float):
+        return float(raw)
+    if kind in ("tuple[str, ...]",):
+        return _parse_origins(raw)
+    return raw
+
+
+def describe() -> Sequence[tuple[str, str, str]]:
+    """(environment variable, default, help) for every setting, for docs and ``--help``."""
+    return [
+        (_ENV_PREFIX + f.name.upper(), repr(f.default), str(f.metadata.get("help", "")))
+        for f in attrs.fields(Settings)
+    ]

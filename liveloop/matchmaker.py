@@ -1,0 +1,160 @@
+"""The matchmaker actor: the one task that owns the waiting queue and the pair cooldowns.
+
+It wraps the pure :class:`~liveloop.pairing.Lobby` and talks only through messages: its
+bounded mailbox receives :data:`~liveloop.messages.MatchmakerMessage` in order (so a
+connection's ``Enqueue`` followed by its ``Withdraw`` always ends with the person gone),
+and it answers with ``socket.post``, which never blocks. Rooms are started in the
+matchmaker's own nursery: when the matchmaker ends, its rooms end with it.
+
+Failure policy: an exception in the matchmaker propagates (everything depends on it, so
+the process should end rather than answer without matching); an exception in a room is
+contained here: the room ends, both members are told as if the other had left, and the
+rest goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+
+import trio
+
+from .config import Settings
+from .errors import ErrorCode
+from .messages import (
+    Avoid,
+    Enqueue,
+    Hangup,
+    Matched,
+    MatchmakerMessage,
+    Refused,
+    RoomClosed,
+    RoomMessage,
+    Withdraw,
+)
+from .pairing import Admission, Lobby
+from .room import INBOX_SIZE, Room
+from .status import Snapshot
+
+log = logging.getLogger(__name__)
+
+MAILBOX_SIZE = 1024
+"""Messages the matchmaker's mailbox holds before connections sending to it wait."""
+
+
+def new_room_id() -> str:
+    """An unguessable room id (96 random bits, URL-safe)."""
+    return secrets.token_urlsafe(12)
+
+
+class Matchmaker:
+    """The matchmaker actor. Send it messages through :attr:`mailbox`; start :meth:`run`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.mailbox: trio.MemorySendChannel[MatchmakerMessage]
+        self.mailbox, self._inbox = trio.open_memory_channel[MatchmakerMessage](MAILBOX_SIZE)
+        self._lobby: Lobby[Enqueue] = Lobby(
+            max_queue=settings.max_queue,
+            cooldown=settings.pair_cooldown,
+            new_room_id=new_room_id,
+            alive=lambda request: request.member.socket.connected,
+        )
+        self._room_inboxes: dict[str, trio.MemorySendChannel[RoomMessage]] = {}
+        self._snapshot = Snapshot()
+        self._rooms: trio.Nursery | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The counts as of the last message handled; safe to read from any task."""
+        return self._snapshot
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Handle messages, in order, until cancelled. Rooms run in a nursery owned here.
+        Raises whatever goes wrong in the matchmaker itself."""
+        async with trio.open_nursery() as rooms:
+            self._rooms = rooms
+            task_status.started()
+            with self._inbox:
+                while True:
+                    message: MatchmakerMessage | None = None
+                    # Wake up when a cooldown between two waiting people ends.
+                    wake_at = self._lobby.wake_at
+                    with trio.move_on_at(math.inf if wake_at is None else wake_at):
+                        message = await self._inbox.receive()
+                    if message is not None:
+                        await self._handle(message)
+                    self._pair()
+                    self._publish()
+
+    async def _handle(self, message: MatchmakerMessage) -> None:
+        if isinstance(message, Enqueue):
+            if self._lobby.enqueue(message.member.sid, message) is Admission.FULL:
+                message.member.socket.post(Refused(
+                    message.ticket, ErrorCode.QUEUE_FULL,
+                    "the queue is full, try again later"))
+        elif isinstance(message, Avoid):
+            self._lobby.avoid(message.first, message.second, trio.current_time())
+        elif isinstance(message, Withdraw):
+            room_id = self._lobby.withdraw(message.sid)
+            inbox = self._room_inboxes.get(room_id) if room_id is not None else None
+            if inbox is not None:
+                # A room never blocks, so this wait is short. A room that has ended
+                # already fails the send at once: its RoomClosed is on its way.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await inbox.send(Hangup(message.sid, message.reason))
+        else:
+            self._lobby.close_room(message.room_id)
+            self._room_inboxes.pop(message.room_id, None)
+
+    def _pair(self) -> None:
+        assert self._rooms is not None
+        for pairing in self._lobby.match(trio.current_time()):
+            first, second = pairing.first.member, pairing.second.member
+            send, receive = trio.open_memory_channel[RoomMessage](INBOX_SIZE)
+            room = Room(pairing.room_id, first, second, self._settings, receive)
+            self._room_inboxes[room.room_id] = send
+            # Matched is posted before the room can relay anything, and each connection's
+            # mailbox is FIFO: match-done always precedes everything else of this room.
+            first.socket.post(Matched(pairing.first.ticket, room.room_id, send,
+                                      partner=second, initiator=True))
+            second.socket.post(Matched(pairing.second.ticket, room.room_id, send,
+                                       partner=first, initiator=False))
+            self._rooms.start_soon(self._run_room, room, name=f"room {room.room_id}")
+
+    async def _run_room(self, room: Room) -> None:
+        """Run one room; contain its failure; tell the matchmaker when it is over."""
+        try:
+            await room.run()
+        except Exception:
+            log.exception("room %s crashed; ending it", room.room_id)
+            room.abandon()
+        # The room's inbox is closed by now, so nobody waits on it while we wait here.
+        await self.mailbox.send(RoomClosed(room.room_id))
+
+    def _publish(self) -> None:
+        lobby = self._lobby
+        names = itertools.islice((request.member.name for request in lobby.waiting()),
+                                 self._settings.status_users)
+        snapshot = Snapshot(queue_size=lobby.queue_size, queue_users=tuple(names),
+                            rooms_active=lobby.rooms_active, rooms_total=lobby.rooms_total)
+        if snapshot != self._snapshot:
+            self._snapshot = snapshot
+
+    # -- for tests and diagnostics -------------------------------------------------------
+
+    def where(self, sid: str) -> str | None:
+        """``"queue"``, a room id, or None: where the matchmaker believes ``sid`` is."""
+        if self._lobby.is_queued(sid):
+            return "queue"
+        return self._lobby.room_of(sid)
+
+    @property
+    def lobby(self) -> Lobby[Enqueue]:
+        """The pure state, read-only by convention (tests check its invariants)."""
+        return self._lobby
+

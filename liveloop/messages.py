@@ -1,0 +1,145 @@
+"""The messages Live Loop's actors send each other; all frozen, none carries mutable state.
+
+Who sends what, and through which channel:
+
+- connection -> matchmaker (``await send`` on the matchmaker's bounded mailbox: a full
+  mailbox slows down that connection only): :class:`Enqueue`, :class:`Avoid`,
+  :class:`Withdraw`; a room's end -> matchmaker: :class:`RoomClosed`.
+- connection or matchmaker -> room (``await send`` on the room's bounded inbox; a room
+  never blocks, so the inbox drains at CPU speed; once the room has ended the send fails
+  at once and the sender drops the message): :class:`Forward`, :class:`Hangup`.
+- matchmaker or room -> connection (``socket.post``, which never blocks; a connection
+  whose mailbox is full is disconnected by the server layer): :class:`Matched`,
+  :class:`Refused`, :class:`Deliver`, :class:`RoomEnded`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+import trio
+
+from .errors import ErrorCode
+from .events import Relayed
+from .server.api import Socket
+
+
+@attrs.frozen
+class Member:
+    """A person as the matchmaker and rooms know them: socket id, profile, and socket."""
+
+    sid: str
+    name: str
+    image: str
+    socket: Socket = attrs.field(eq=False, repr=False)
+
+
+class HangupReason(enum.StrEnum):
+    """Why a member leaves a room."""
+
+    STOP = "stop"
+    NEXT = "next"
+    DISCONNECT = "disconnect"
+
+
+# -- to the matchmaker -----------------------------------------------------------------
+
+
+@attrs.frozen
+class Enqueue:
+    """Queue ``member``. ``ticket`` is echoed in :class:`Matched` or :class:`Refused` so the
+    connection can recognise answers to a request it has since withdrawn."""
+
+    member: Member
+    ticket: int
+
+
+@attrs.frozen
+class Avoid:
+    """Do not pair these two again while the pair cooldown lasts (sent on "Next")."""
+
+    first: str
+    second: str
+
+
+@attrs.frozen
+class Withdraw:
+    """``sid`` stops waiting (stop-call while queued) or is gone (disconnect). If it was
+    already paired, its room is ended as if it had hung up for ``reason``."""
+
+    sid: str
+    reason: HangupReason
+
+
+@attrs.frozen
+class RoomClosed:
+    """A room's task has ended (normally or not): forget it."""
+
+    room_id: str
+
+
+MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed
+
+
+# -- to a room -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Forward:
+    """Relay a validated, target-checked event from member ``sender`` to the partner."""
+
+    sender: str
+    event: Relayed
+
+
+@attrs.frozen
+class Hangup:
+    """Member ``sender`` leaves: the room ends and the partner is told."""
+
+    sender: str
+    reason: HangupReason
+
+
+RoomMessage = Forward | Hangup
+
+
+# -- to a connection (socket.post) -----------------------------------------------------
+
+
+@attrs.frozen
+class Matched:
+    """You are paired: your room, how to reach it, who is on the other side."""
+
+    ticket: int
+    room_id: str
+    inbox: trio.MemorySendChannel[RoomMessage] = attrs.field(eq=False, repr=False)
+    partner: Member
+    initiator: bool
+
+
+@attrs.frozen
+class Refused:
+    """The matchmaker could not queue you (the queue is full)."""
+
+    ticket: int
+    code: ErrorCode
+    message: str
+
+
+@attrs.frozen
+class Deliver:
+    """Emit ``event`` with ``payload`` if ``room_id`` is still your room."""
+
+    room_id: str
+    event: str
+    payload: dict[str, Any] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class RoomEnded:
+    """Your partner left ``room_id``; go back to the queue if ``requeue``."""
+
+    room_id: str
+    requeue: bool

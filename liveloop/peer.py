@@ -1,0 +1,299 @@
+"""The connection actor's Live Loop state: one :class:`Peer` per socket on ``/``.
+
+All of a peer's methods run in its connection's own task, one after another (the server
+layer's promise), so the peer owns its state without locks. It
+
+- validates each client event (:mod:`.events`), applies the rate limits, checks that any
+  target named is its own room and partner, and forwards a typed message to the
+  matchmaker or its current room;
+- answers every event: ``{ok: true}`` when honoured, otherwise ``error-message`` and, if
+  the client asked for an ack, ``{ok: false, error}``;
+- is the only place that emits Live Loop events to its client. Matchmaker and rooms post
+  it messages; it emits them in the order they arrive, and drops what belongs to a room
+  it is no longer in. So, per connection: events leave in the order the server decided
+  them, ``stop-by-remote-user`` never overtakes the ``match-done`` of its room, and
+  nothing of an old room follows a new ``match-done``.
+
+Backpressure: sends to the matchmaker and to rooms ``await`` on bounded channels, which
+delays this client's next event and nobody else's.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from . import events
+from .config import Settings
+from .errors import (
+    ERROR_EVENT,
+    ErrorCode,
+    LiveLoopError,
+    error_ack,
+    error_event,
+    ok_ack,
+)
+from .events import NewMessage, RequestRoom, StopCall
+from .messages import (
+    Avoid,
+    Deliver,
+    Enqueue,
+    Forward,
+    Hangup,
+    HangupReason,
+    Matched,
+    MatchmakerMessage,
+    Member,
+    Refused,
+    RoomEnded,
+    RoomMessage,
+    Withdraw,
+)
+from .ratelimit import RateLimiter
+from .server.api import JSON, Ack, Socket
+from .status import Snapshot
+
+log = logging.getLogger(__name__)
+
+HANDLED_EVENTS = frozenset(events.INBOUND)
+"""Every client event a peer handles; anything else is answered ``unknown-event``."""
+
+
+class Phase(enum.Enum):
+    """Where a peer is, as far as it knows."""
+
+    IDLE = "idle"
+    QUEUED = "queued"
+    IN_ROOM = "in room"
+
+
+@attrs.frozen
+class Call:
+    """The room a peer is in: its id, its inbox, and the partner."""
+
+    room_id: str
+    inbox: trio.MemorySendChannel[RoomMessage] = attrs.field(eq=False, repr=False)
+    partner: Member
+
+
+class Peer:
+    """A :class:`~liveloop.server.api.SocketHandler` for one Live Loop client."""
+
+    def __init__(self, socket: Socket, settings: Settings,
+                 matchmaker: trio.MemorySendChannel[MatchmakerMessage],
+                 snapshot: Callable[[], Snapshot], clock: Callable[[], float]) -> None:
+        self._socket = socket
+        self._sid = socket.sid
+        self._settings = settings
+        self._matchmaker = matchmaker
+        self._snapshot = snapshot
+        self._limits = RateLimiter(settings, clock)
+        self._phase = Phase.IDLE
+        self._call: Call | None = None
+        self._member: Member | None = None
+        # Numbers this peer's requests to the matchmaker, so that an answer to a request
+        # withdrawn since (stop-call while queued) is recognised and ignored.
+        self._ticket = 0
+
+    # -- state, for the namespace and tests --------------------------------------------
+
+    @property
+    def sid(self) -> str:
+        return self._sid
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def call(self) -> Call | None:
+        return self._call
+
+    # -- SocketHandler -------------------------------------------------------------------
+
+    async def on_event(self, event: str, args: list[JSON], ack: Ack | None) -> None:
+        """Handle one client event; always answers (ack and/or ``error-message``), never
+        raises for anything the client sent."""
+        try:
+            if event not in HANDLED_EVENTS:
+                raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
+                                    f"unknown event {str(event)[:64]!r}")
+            payload = events.parse(event, args[0] if args else None, self._settings)
+            await self._dispatch(payload)
+        except LiveLoopError as error:
+            self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
+            if ack is not None:
+                ack(error_ack(error))
+        else:
+            if ack is not None:
+                ack(ok_ack())
+
+    async def on_message(self, message: object) -> None:
+        """Act on a message from the matchmaker or a room; emit what the client must see."""
+        if isinstance(message, Matched):
+            await self._matched(message)
+        elif isinstance(message, Deliver):
+            if self._call is not None and self._call.room_id == message.room_id:
+                self._socket.emit(message.event, message.payload)
+        elif isinstance(message, RoomEnded):
+            await self._room_ended(message)
+        elif isinstance(message, Refused):
+            if self._phase is Phase.QUEUED and message.ticket == self._ticket:
+                self._phase = Phase.IDLE
+                error = LiveLoopError(message.code, message.message)
+                self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
+        else:
+            log.warning("peer %s: unexpected message %r", self._sid, message)
+
+    async def on_disconnect(self, reason: str) -> None:
+        """Leave the queue or the room, whatever state the matchmaker believes we are in."""
+        self._phase = Phase.IDLE
+        self._call = None
+        if self._ticket:
+            # Even when idle: the matchmaker, not this peer, knows whether an Enqueue of
+            # ours was paired before our last word reached it. Withdraw undoes either.
+            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.DISCONNECT))
+
+    # -- client events ---------------------------------------------------------------
+
+    async def _dispatch(self, payload: events.Inbound) -> None:
+        if isinstance(payload, RequestRoom):
+            await self._request_room(payload)
+        elif isinstance(payload, StopCall):
+            await self._stop_call(payload)
+        else:
+            await self._relay(payload)
+
+    async def _request_room(self, request: RequestRoom) -> None:
+        call = self._call
+        stale = request.room_id is not None and (
+            call is None or request.room_id != call.room_id)
+        if self._phase is Phase.QUEUED:
+            if stale:
+                raise LiveLoopError(ErrorCode.INVALID_ROOM,
+                                    "roomId names no room of yours; you are still queued")
+            return  # asking again while queued changes nothing
+        if self._snapshot().queue_size >= self._settings.max_queue:
+            raise LiveLoopError(ErrorCode.QUEUE_FULL, "the queue is full, try again later")
+        self._check_rate(events.REQUEST_ROOM)
+        member = Member(self._sid, request.name, request.user_image, self._socket)
+        if call is not None:  # "Next"
+            self._leave_call()
+            await self._tell_matchmaker(Avoid(self._sid, call.partner.sid))
+            await self._tell_room(call, Hangup(self._sid, HangupReason.NEXT))
+        await self._enqueue(member)
+        if stale:
+            raise LiveLoopError(ErrorCode.INVALID_ROOM,
+                                "roomId names no room of yours; you are queued anyway")
+
+    async def _stop_call(self, stop: StopCall) -> None:
+        if self._phase is Phase.IN_ROOM:
+            call = self._check_target(stop.room_id, stop.target)
+            self._leave_call()
+            await self._tell_room(call, Hangup(self._sid, HangupReason.STOP))
+        elif self._phase is Phase.QUEUED:
+            if stop.room_id is not None:
+                raise LiveLoopError(ErrorCode.INVALID_ROOM,
+                                    "roomId names no room of yours; nothing stopped")
+            if stop.target is not None:
+                raise LiveLoopError(ErrorCode.INVALID_TARGET,
+                                    "you have no partner; nothing stopped")
+            self._phase = Phase.IDLE
+            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.STOP))
+        else:
+            raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
+
+    async def _relay(self, payload: events.Relayed) -> None:
+        call = self._check_target(payload.room_id, payload.target)
+        if isinstance(payload, NewMessage):
+            self._check_rate(events.NEW_MESSAGE)
+        if not await self._tell_room(call, Forward(self._sid, payload)):
+            raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "the call has ended")
+
+    # -- server messages ---------------------------------------------------------------
+
+    async def _matched(self, matched: Matched) -> None:
+        if self._phase is not Phase.QUEUED or matched.ticket != self._ticket:
+            # An answer to a request we withdrew; our Withdraw ends that room.
+            return
+        self._phase = Phase.IN_ROOM
+        self._call = Call(matched.room_id, matched.inbox, matched.partner)
+        partner = matched.partner
+        self._socket.emit(events.MATCH_DONE, events.match_done(
+            room_id=matched.room_id, partner_sid=partner.sid, partner_name=partner.name,
+            partner_image=partner.image, initiator=matched.initiator))
+
+    async def _room_ended(self, ended: RoomEnded) -> None:
+        if self._call is None or self._call.room_id != ended.room_id:
+            return  # a room we have left already
+        self._leave_call()
+        self._socket.emit(events.STOP_BY_REMOTE_USER)
+        if ended.requeue and self._member is not None:
+            await self._enqueue(self._member)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _check_target(self, room_id: str | None, target: str | None) -> Call:
+        """The current call, if ``room_id`` and ``target`` (when given) name it."""
+        call = self._call
+        if call is None:
+            raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
+        if room_id is not None and room_id != call.room_id:
+            raise LiveLoopError(ErrorCode.INVALID_ROOM, "roomId is not your room")
+        if target is not None and target != call.partner.sid:
+            raise LiveLoopError(ErrorCode.INVALID_TARGET, "target is not your partner")
+        return call
+
+    def _check_rate(self, event: str) -> None:
+        retry_after = self._limits.check(event)
+        if retry_after is not None:
+            raise LiveLoopError(ErrorCode.RATE_LIMITED,
+                                f"too many {event}, retry in {retry_after:g} s",
+                                retry_after=retry_after)
+
+    def _leave_call(self) -> None:
+        self._call = None
+        self._phase = Phase.IDLE
+
+    async def _enqueue(self, member: Member) -> None:
+        self._member = member
+        self._ticket += 1
+        self._phase = Phase.QUEUED
+        await self._tell_matchmaker(Enqueue(member, self._ticket))
+
+    async def _tell_matchmaker(self, message: MatchmakerMessage) -> None:
+        try:
+            await self._matchmaker.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # Only when the matchmaker has died, which ends the process anyway.
+            log.error("peer %s: matchmaker gone, dropped %r", self._sid, message)
+
+    async def _tell_room(self, call: Call, message: RoomMessage) -> bool:
+        """Send to the room; False if it has ended (its RoomEnded is then on its way)."""
+        try:
+            await call.inbox.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+
+class LiveLoopNamespace:
+    """The :class:`~liveloop.server.api.Namespace` for ``/``: every connection gets a
+    :class:`Peer`. Connecting needs no auth; any auth payload is ignored."""
+
+    def __init__(self, settings: Settings,
+                 matchmaker: trio.MemorySendChannel[MatchmakerMessage],
+                 snapshot: Callable[[], Snapshot],
+                 clock: Callable[[], float] = trio.current_time) -> None:
+        self._settings = settings
+        self._matchmaker = matchmaker
+        self._snapshot = snapshot
+        self._clock = clock
+
+    async def connect(self, socket: Socket, auth: JSON) -> Peer:
+        """Accept: a fresh, idle peer for ``socket``."""
+        return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock)

@@ -1,0 +1,64 @@
+"""Per-connection rate limits, from the seed: ``request-room`` 1 per 5 s, ``newMessage``
+10 per minute, ICE candidates (and every other event) unlimited.
+
+The limiter belongs to one connection's handler and is only used from that connection's
+task, so it needs no lock. Time comes from an injected clock (``trio.current_time`` in
+production), so tests under Trio's ``autojump_clock`` take no real time.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable
+
+from .config import Settings
+from .events import NEW_MESSAGE, REQUEST_ROOM
+
+MESSAGE_WINDOW = 60.0
+"""The sliding window of ``messages_per_minute``, in seconds."""
+
+
+def _round_up(seconds: float) -> float:
+    # Never tell a client to retry a hair too early: round up to the millisecond.
+    return math.ceil(seconds * 1000) / 1000
+
+
+class RateLimiter:
+    """Decides, per event, whether one connection may act now."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self._enabled = settings.rate_limits
+        self._room_every = settings.request_room_per
+        self._last_room: float | None = None
+        self._messages_allowed = settings.messages_per_minute
+        # The times of the last accepted messages; at most ``messages_per_minute`` kept.
+        self._messages: collections.deque[float] = collections.deque(
+            maxlen=max(settings.messages_per_minute, 1)
+        )
+        self._clock = clock
+
+    def check(self, event: str) -> float | None:
+        """Take one ``event`` from the budget: None if allowed (and counted), else the
+        seconds after which the same event would be allowed (> 0). A refused event is not
+        counted. Events without a limit are always allowed."""
+        if not self._enabled:
+            return None
+        now = self._clock()
+        if event == REQUEST_ROOM:
+            if self._last_room is not None:
+                wait = self._last_room + self._room_every - now
+                if wait > 0:
+                    return _round_up(wait)
+            self._last_room = now
+            return None
+        if event == NEW_MESSAGE:
+            if self._messages_allowed <= 0:
+                return MESSAGE_WINDOW
+            if len(self._messages) >= self._messages_allowed:
+                wait = self._messages[0] + MESSAGE_WINDOW - now
+                if wait > 0:
+                    return _round_up(wait)
+            self._messages.append(now)
+            return None
+        return None

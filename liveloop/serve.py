@@ -1,0 +1,42 @@
+"""Serving a :class:`~liveloop.app.RootApp` with hypercorn's Trio worker, in-process."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import RootApp
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    """Hypercorn's config for these settings: the bind address, and a WebSocket message
+    limit at maxPayload so oversize frames are refused before they are buffered whole."""
+    config = Config()
+    config.bind = [settings.bind]
+    config.websocket_max_message_size = settings.max_payload
+    config.accesslog = None
+    config.graceful_timeout = 2.0
+    return config
+
+
+async def serve(app: RootApp, settings: Settings, *,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the app's actors and hypercorn in one nursery until cancelled.
+
+    Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. If an
+    actor crashes, the nursery cancels hypercorn and the exception propagates.
+    """
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.run)
+        binds: list[str] = await nursery.start(
+            partial(hypercorn_serve, app, hypercorn_config(settings))  # type: ignore[arg-type]
+        )
+        log.info("Live Loop listening on %s", ", ".join(binds))
+        task_status.started(binds)

@@ -1,0 +1,26 @@
+"""A Socket.IO v5 server on Trio, over the sans-IO codec in :mod:`liveloop.wire`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..config import Settings
+from .api import Ack, ConnectRefused, Namespace, Socket, SocketClosed, SocketHandler
+from .engine import EngineServer
+from .sockets import SocketIOConnection
+
+__all__ = [
+    "Ack",
+    "ConnectRefused",
+    "EngineServer",
+    "Namespace",
+    "Socket",
+    "SocketClosed",
+    "SocketHandler",
+    "socketio_server",
+]
+
+
+def socketio_server(settings: Settings, namespaces: Mapping[str, Namespace]) -> EngineServer:
+    """An Engine.IO server whose sessions speak Socket.IO with these namespaces."""
+    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces))

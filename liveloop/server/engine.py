@@ -1,0 +1,353 @@
+"""The Engine.IO v4 server: handshake, HTTP long-polling, WebSocket and the upgrade.
+
+:class:`EngineServer` is an ASGI app for one path. Its sessions are actor tasks in the
+nursery of :meth:`EngineServer.run`, not in the request that created them: a polling
+session outlives each of its requests. The registry of sessions (``sid`` -> session) is
+this object's; it changes without awaiting, at handshake and when a session task ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ..config import Settings
+from ..wire import engineio as eio
+from ..wire.errors import ProtocolError
+from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
+from .cors import OriginPolicy
+from .session import EngineSession, OutFrame, SessionApp, SessionClosed
+from .sockets import new_id
+
+log = logging.getLogger(__name__)
+
+# Engine.IO's error codes, answered as JSON with status 400 (403 for FORBIDDEN).
+TRANSPORT_UNKNOWN = 0
+SESSION_ID_UNKNOWN = 1
+BAD_HANDSHAKE_METHOD = 2
+BAD_REQUEST = 3
+FORBIDDEN = 4
+UNSUPPORTED_PROTOCOL_VERSION = 5
+_MESSAGES = {
+    TRANSPORT_UNKNOWN: "Transport unknown",
+    SESSION_ID_UNKNOWN: "Session ID unknown",
+    BAD_HANDSHAKE_METHOD: "Bad handshake method",
+    BAD_REQUEST: "Bad request",
+    FORBIDDEN: "Forbidden",
+    UNSUPPORTED_PROTOCOL_VERSION: "Unsupported protocol version",
+}
+_MAX_FRAMES_PER_RESPONSE = 1024
+_PROBED_POLL_WAIT = 0.1
+_PROBED = "probed"
+_STRAGGLER_DELAY = 0.02
+
+
+class EngineServer:
+    """Serves Engine.IO at one path; ``app_factory`` makes each session's app."""
+
+    def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp]) -> None:
+        self.settings = settings
+        self.app_factory = app_factory
+        self.sessions: dict[str, EngineSession] = {}
+        self.origins = OriginPolicy(settings.allowed_origins)
+        self._nursery: trio.Nursery | None = None
+        self._max = settings.max_payload
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the sessions' nursery until cancelled; sessions end with it."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- ASGI -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    async def _error(self, send: Send, code: int, headers: Headers) -> None:
+        body = json.dumps({"code": code, "message": _MESSAGES[code]}).encode()
+        status = 403 if code == FORBIDDEN else 400
+        await respond(send, status, body, headers, b"application/json")
+
+    def _start(self, transport: str) -> EngineSession:
+        if self._nursery is None:
+            raise RuntimeError("EngineServer.run() is not running")
+        sid = new_id()
+        session = EngineSession(sid, self.settings, self.app_factory(), transport)
+        self.sessions[sid] = session
+        self._nursery.start_soon(self._run_session, session)
+        return session
+
+    async def _run_session(self, session: EngineSession) -> None:
+        try:
+            await session.run()
+        finally:
+            self.sessions.pop(session.sid, None)
+
+    def _open_packet(self, sid: str, upgrades: list[str]) -> eio.Packet:
+        s = self.settings
+        return eio.open_packet(
+            sid, upgrades=upgrades, ping_interval_ms=round(s.ping_interval * 1000),
+            ping_timeout_ms=round(s.ping_timeout * 1000), max_payload=s.max_payload,
+        )
+
+    # -- HTTP long-polling --------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if not self.origins.allows(scope):
+            await self._error(send, FORBIDDEN, [])
+            return
+        cors = self.origins.headers(scope)
+        if method == "OPTIONS":
+            await respond(send, 204, b"", self.origins.preflight_headers(scope))
+            return
+        params = query(scope)
+        if params.get("EIO") != "4":
+            await self._error(send, UNSUPPORTED_PROTOCOL_VERSION, cors)
+            return
+        if params.get("transport") != "polling":
+            await self._error(send, TRANSPORT_UNKNOWN, cors)
+            return
+        sid = params.get("sid")
+        if sid is None:
+            if method != "GET":
+                await self._error(send, BAD_HANDSHAKE_METHOD, cors)
+                return
+            session = self._start("polling")
+            body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
+            await respond(send, 200, body.encode(), cors)
+            return
+        found = self.sessions.get(sid)
+        if found is None:
+            await self._error(send, SESSION_ID_UNKNOWN, cors)
+            return
+        if found.transport != "polling":
+            await self._error(send, BAD_REQUEST, cors)
+            return
+        if method == "GET":
+            await self._poll(found, send, cors)
+        elif method == "POST":
+            await self._post(found, receive, send, cors)
+        else:
+            await self._error(send, BAD_REQUEST, cors)
+
+    async def _poll(self, session: EngineSession, send: Send, cors: Headers) -> None:
+        """A GET: wait for packets and answer them all at once."""
+        if session.polling_get is not None:
+            # Two GETs at once: the client is broken; the spec says close the session.
+            session.close("transport error")
+            await self._error(send, BAD_REQUEST, cors)
+            return
+        if not session.probed:
+            frames: list[OutFrame] = []
+            with trio.CancelScope() as waiting:
+                session.polling_get = waiting
+                try:
+                    frames.append(await session.outbox.receive())
+                    while len(frames) < _MAX_FRAMES_PER_RESPONSE:
+                        frames.append(session.outbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    pass
+                finally:
+                    session.polling_get = None
+            answer = session.poll_answer
+            session.poll_answer = None
+            if frames or answer != _PROBED:
+                if not frames:
+                    frames.append(answer or ("1" if session.closed else "6"))
+                body = "\x1e".join(
+                    f if isinstance(f, str) else eio.encode_payload_record(
+                        eio.Packet(eio.PacketType.MESSAGE, f)) for f in frames
+                )
+                await respond(send, 200, body.encode(), cors)
+                return
+        # Mid-upgrade: the client is pausing polling, and packets wait for the WebSocket.
+        # As engine.io does with its periodic NOOP, give the upgrade a moment to finish:
+        # a GET still here when it has is refused like any later one.
+        with trio.move_on_after(_PROBED_POLL_WAIT):
+            await session.upgraded.wait()
+        if session.upgraded.is_set():
+            # As for a duplicate WebSocket: let frames in flight on the new one go first.
+            await trio.sleep(_STRAGGLER_DELAY)
+            await self._error(send, BAD_REQUEST, cors)
+        else:
+            await respond(send, 200, b"6", cors)
+
+    async def _post(self, session: EngineSession, receive: Receive, send: Send,
+                    cors: Headers) -> None:
+        """A POST: decode the whole payload, then hand its messages over in order."""
+        if session.polling_post:
+            session.close("transport error")
+            await self._error(send, BAD_REQUEST, cors)
+            return
+        session.polling_post = True
+        try:
+            raw = await read_body(receive, self._max)
+            if raw is None:
+                session.close("transport error")
+                await respond(send, 413, b"Payload Too Large", cors)
+                return
+            try:
+                packets = eio.decode_payload(
+                    raw.decode("utf-8"), max_size=self._max,
+                    max_packets=self.settings.max_packets_per_payload,
+                )
+                messages, close = _client_packets(session, packets)
+            except (ProtocolError, UnicodeDecodeError):
+                session.close("parse error")
+                await self._error(send, BAD_REQUEST, cors)
+                return
+            try:
+                if messages or close:
+                    await session.deliver(messages, then_close=close)
+            except SessionClosed:
+                pass
+            await respond(send, 200, b"ok", cors)
+        finally:
+            session.polling_post = False
+
+    # -- WebSocket ----------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connect = await receive()
+        if connect["type"] != "websocket.connect":
+            return
+        params = query(scope)
+        if (not self.origins.allows(scope) or params.get("EIO") != "4"
+                or params.get("transport") != "websocket"):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        sid = params.get("sid")
+        if sid is None:
+            session = self._start("websocket")
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send",
+                        "text": eio.encode_text(self._open_packet(session.sid, []))})
+        else:
+            found = self.sessions.get(sid)
+            if found is None:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            if found.transport != "polling" or found.upgrading:
+                # A second WebSocket for a session that has one: accepted, then closed,
+                # and the session it named goes on untouched. Mid-upgrade, it is closed
+                # once the upgrade has settled, so it can't overtake the first one.
+                await send({"type": "websocket.accept"})
+                with trio.move_on_after(self.settings.upgrade_timeout):
+                    await found.upgraded.wait()
+                # A beat more, so that its close does not reach the client before frames
+                # already in flight on the first socket (a client may watch both).
+                await trio.sleep(_STRAGGLER_DELAY)
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            session = found
+            session.upgrading = True  # before accepting: a second WebSocket must see it
+            await send({"type": "websocket.accept"})
+            if not await self._upgrade(session, receive, send):
+                await send({"type": "websocket.close", "code": 1000})
+                return
+        await self._websocket_loop(session, receive, send)
+
+    async def _upgrade(self, session: EngineSession, receive: Receive, send: Send) -> bool:
+        """The probe (``2probe`` / ``3probe``), then ``5``; False if it failed or timed
+        out, in which case the session goes on over polling."""
+        try:
+            with trio.move_on_after(self.settings.upgrade_timeout):
+                message = await receive()
+                if message.get("text") != "2probe":
+                    return False
+                await send({"type": "websocket.send", "text": "3probe"})
+                # Release the pending GET with a NOOP so that the client can pause.
+                session.probed = True
+                session.release_poll(_PROBED)
+                message = await receive()
+                if message.get("text") != "5" or session.closed:
+                    return False
+                session.transport = "websocket"
+                session.upgraded.set()
+                return True
+            return False
+        finally:
+            session.upgrading = session.probed = False
+
+    async def _websocket_loop(self, session: EngineSession, receive: Receive,
+                              send: Send) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_websocket_writer, session, send)
+            try:
+                await self._websocket_reader(session, receive)
+            finally:
+                session.close(session.close_reason or "transport close")
+
+    async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:
+        limit = self._max
+        while not session.closed:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            text = message.get("text")
+            try:
+                if text is not None:
+                    packet = eio.decode_text(text, max_size=limit)
+                else:
+                    packet = eio.decode_binary(message.get("bytes") or b"", max_size=limit)
+                if packet.type is eio.PacketType.MESSAGE:
+                    await session.deliver((packet.data,))
+                    continue
+                _, close = _client_packets(session, (packet,))
+            except ProtocolError as exc:
+                log.info("session %s: %s", session.sid, exc.reason)
+                session.close("parse error")
+                return
+            except SessionClosed:
+                return
+            if close:
+                await session.deliver((), then_close=True)
+                return
+
+
+async def _websocket_writer(session: EngineSession, send: Send) -> None:
+    """Drain the outbox into frames until the session closes, then close the socket."""
+    outbox = session.outbox
+    async for frame in outbox:
+        if isinstance(frame, str):
+            await send({"type": "websocket.send", "text": frame})
+        else:
+            await send({"type": "websocket.send", "bytes": frame})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+def _client_packets(session: EngineSession,
+                    packets: tuple[eio.Packet, ...] | list[eio.Packet]
+                    ) -> tuple[list[str | bytes], bool]:
+    """Sort what a client sent: MESSAGE data to deliver, and whether it asked to close.
+
+    Handles PONG here. Raises :class:`ProtocolError` for packets a v4 client never
+    sends on an open transport (OPEN, PING, UPGRADE), so nothing of that payload is
+    delivered.
+    """
+    messages: list[str | bytes] = []
+    close = False
+    for packet in packets:
+        kind = packet.type
+        if kind is eio.PacketType.MESSAGE:
+            if close:
+                raise ProtocolError("message after close")
+            messages.append(packet.data)
+        elif kind is eio.PacketType.PONG:
+            session.pong()
+        elif kind is eio.PacketType.CLOSE:
+            close = True
+        elif kind is eio.PacketType.NOOP:
+            pass
+        else:
+            raise ProtocolError(f"unexpected {kind.name} packet from client")
+    return messages, close

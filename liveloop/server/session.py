@@ -1,0 +1,249 @@
+"""The Engine.IO session: the actor that owns one client connection.
+
+One :class:`EngineSession` per Engine.IO ``sid``. Its task (:meth:`EngineSession.run`)
+is the only one that calls the application (:class:`SessionApp`); transports hand it what
+the client sent through the bounded *mailbox*, and take what it queued from the bounded
+*outbox*::
+
+    transport reader --deliver()--> mailbox --> session task --> SessionApp
+    other actors -----post()------>    |                            |
+                                                                    v
+    transport writer <------------------------------ outbox <-- send_*()
+
+Bounds, and what happens when they are full:
+
+- mailbox: ``mailbox_size`` slots for posts plus a few credits for client input.
+  :meth:`deliver` (client input) waits for a credit: a fast client is slowed, nobody
+  else is. :meth:`post` (other actors) never waits: if the posts overflow, the session
+  is closed with reason ``"mailbox overflow"``: it is not keeping up, and an actor that
+  relays to it must never stall for it.
+- outbox: ``outbox_size`` packets. :meth:`send_packets` never waits: a client that does
+  not read what is sent to it is closed with reason ``"outbox overflow"``, so it costs
+  no more than that bound and never slows the sender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+import trio
+
+from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+OutFrame = str | bytes
+"""An encoded Engine.IO packet: ``str`` is a text packet with its type digit, ``bytes``
+a binary message."""
+
+_CLIENT_CREDITS = 8
+_DISCONNECT_GRACE = 10.0
+
+
+class SessionApp(Protocol):
+    """What runs on top of an Engine.IO session (Socket.IO, or the raw echo)."""
+
+    async def on_open(self, session: EngineSession, nursery: trio.Nursery) -> None:
+        """The session exists and its task runs; called first. Tasks the app starts in
+        ``nursery`` live as long as the session."""
+
+    async def on_message(self, data: str | bytes) -> None:
+        """One MESSAGE packet's data, in arrival order."""
+
+    async def on_post(self, message: object) -> None:
+        """A message another actor gave to :meth:`EngineSession.post`."""
+
+    async def on_close(self, reason: str) -> None:
+        """The session is closed; called once, last, shielded from cancellation."""
+
+
+@attrs.frozen
+class _Incoming:
+    messages: Sequence[str | bytes]
+    then_close: bool
+
+
+@attrs.frozen
+class _Posted:
+    message: object
+
+
+class SessionClosed(Exception):
+    """The session is closed; nothing more can be delivered to it."""
+
+
+class EngineSession:
+    """One Engine.IO connection. See the module docstring for its channels."""
+
+    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: str) -> None:
+        self.sid = sid
+        self.settings = settings
+        self.app = app
+        self.transport = transport
+        """``"polling"`` or ``"websocket"``; changes once, on a completed upgrade."""
+        self.upgrading = False
+        self.probed = False
+        self.upgraded = trio.Event()
+        """Mid-upgrade, after the probe: polling is paused, GETs answer NOOP at once."""
+        self.closed = False
+        self.close_reason: str | None = None
+        # One slot more than the bound, for the CLOSE packet a full outbox may still need.
+        self._outbox_send, self.outbox = trio.open_memory_channel[OutFrame](
+            settings.outbox_size + 1
+        )
+        self._outbox_limit = settings.outbox_size
+        self._mailbox_send, self._mailbox = trio.open_memory_channel[_Incoming | _Posted](
+            settings.mailbox_size + _CLIENT_CREDITS
+        )
+        self._posted = 0
+        self._credits = trio.Semaphore(_CLIENT_CREDITS)
+        self._pong = trio.Event()
+        self._scope = trio.CancelScope()
+        self.done = trio.Event()
+        """Set when :meth:`run` has finished, the app told."""
+        self.polling_get: trio.CancelScope | None = None
+        """The cancel scope of the GET request that waits on the outbox, if any."""
+        self.polling_post = False
+        self.poll_answer: str | None = None
+        """What a GET released by :meth:`release_poll` answers when it has nothing."""
+
+    # -- called by transports and other actors (any task, never blocking) ----------
+
+    def send_packets(self, frames: Sequence[OutFrame]) -> None:
+        """Queue encoded packets for the client, all or none.
+
+        Never waits: if the outbox would exceed its bound, the session is closed
+        (``"outbox overflow"``) and nothing is queued. After close it does nothing.
+        """
+        if self.closed:
+            return
+        used = self._outbox_send.statistics().current_buffer_used
+        if used + len(frames) > self._outbox_limit:
+            self.close("outbox overflow")
+            return
+        for frame in frames:
+            self._outbox_send.send_nowait(frame)
+
+    def send_frame(self, frame: OutFrame) -> None:
+        """:meth:`send_packets` for a single packet, without building a list."""
+        if self.closed:
+            return
+        if self._outbox_send.statistics().current_buffer_used >= self._outbox_limit:
+            self.close("outbox overflow")
+            return
+        self._outbox_send.send_nowait(frame)
+
+    def post(self, message: object) -> None:
+        """Hand ``message`` to the app's ``on_post`` in the session task; never waits.
+
+        Dropped if the session is closed; closes the session if its mailbox is full.
+        """
+        if self.closed:
+            return
+        if self._posted >= self.settings.mailbox_size:
+            self.close("mailbox overflow")
+            return
+        self._posted += 1
+        self._mailbox_send.send_nowait(_Posted(message))
+
+    async def deliver(self, messages: Sequence[str | bytes], *, then_close: bool = False
+                      ) -> None:
+        """Hand the client's MESSAGE packets to the session task, in order; with
+        ``then_close`` the session closes (``"transport close"``) once they are handled.
+
+        Waits while this client's earlier input is still unprocessed (backpressure on
+        this client only). Raises :class:`SessionClosed` if the session is closed.
+        """
+        if self.closed:
+            raise SessionClosed
+        await self._credits.acquire()
+        try:
+            self._mailbox_send.send_nowait(_Incoming(messages, then_close))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._credits.release()
+            raise SessionClosed from None
+
+    def pong(self) -> None:
+        """The client answered a ping."""
+        self._pong.set()
+
+    def release_poll(self, answer: str) -> None:
+        """End the pending GET, if any, now; with nothing queued it answers ``answer``
+        (a packet, or ``"400"`` for an error)."""
+        if self.polling_get is not None:
+            self.poll_answer = answer
+            self.polling_get.cancel()
+
+    def close(self, reason: str, *, send_close: bool = False) -> None:
+        """Close the session now; idempotent. ``send_close`` queues a CLOSE packet first.
+
+        The session task then tells the app (``on_close``) and ends; the outbox is
+        closed after what was already queued, so transports flush and stop.
+        """
+        if self.closed:
+            return
+        if send_close:
+            with contextlib.suppress(trio.WouldBlock):
+                self._outbox_send.send_nowait("1")
+        self.closed = True
+        self.close_reason = reason
+        self._outbox_send.close()
+        self._scope.cancel()
+
+    # -- the actor ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the session until it is closed; then tell the app, once."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._heartbeat)
+                    await self.app.on_open(self, nursery)
+                    await self._dispatch()
+        except Exception:
+            log.exception("session %s crashed", self.sid)
+            self.close("server error")
+        finally:
+            self.close(self.close_reason or "transport close")
+            self._mailbox.close()
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + _DISCONNECT_GRACE
+                try:
+                    await self.app.on_close(self.close_reason or "transport close")
+                except Exception:
+                    log.exception("session %s: on_close failed", self.sid)
+            self.done.set()
+
+    async def _dispatch(self) -> None:
+        async for item in self._mailbox:
+            if isinstance(item, _Incoming):
+                self._credits.release()
+                for data in item.messages:
+                    await self.app.on_message(data)
+                    if self.closed:
+                        return
+                if item.then_close:
+                    # The client closed: a GET still waiting ends with a NOOP.
+                    self.release_poll("6")
+                    self.close("transport close")
+                    return
+            else:
+                self._posted -= 1
+                await self.app.on_post(item.message)
+
+    async def _heartbeat(self) -> None:
+        """Ping every ``ping_interval``; close if no pong within ``ping_timeout``."""
+        interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
+        while True:
+            await trio.sleep(interval)
+            self._pong = trio.Event()
+            self.send_frame("2")
+            with trio.move_on_after(timeout):
+                await self._pong.wait()
+                continue
+            self.close("ping timeout")
+            return

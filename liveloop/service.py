@@ -1,0 +1,50 @@
+"""Live Loop, the service: the matchmaker (and its rooms) plus the namespace for ``/``.
+
+The server layer builds ``LiveLoop(settings)``, starts :meth:`LiveLoop.run` in its root
+nursery (``await nursery.start(service.run)``), registers :attr:`LiveLoop.namespace` for
+``/`` and serves :meth:`LiveLoop.status` at ``GET /api/status``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from .config import Settings
+from .matchmaker import Matchmaker
+from .peer import LiveLoopNamespace
+from .status import Snapshot, status_json
+
+
+class LiveLoop:
+    """The Live Loop domain, built from :class:`~liveloop.config.Settings`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.matchmaker = Matchmaker(settings)
+        self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
+                                            self._snapshot)
+
+    def _snapshot(self) -> Snapshot:
+        return self.matchmaker.snapshot
+
+    @property
+    def namespace(self) -> LiveLoopNamespace:
+        """The :class:`~liveloop.server.api.Namespace` to register for ``/``."""
+        return self._namespace
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the matchmaker and its rooms until cancelled; ready once ``started``.
+
+        A matchmaker crash propagates out of here (and should end the process); a room's
+        crash does not.
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.matchmaker.run)
+            task_status.started()
+
+    def status(self) -> dict[str, Any]:
+        """The ``GET /api/status`` document; reads a snapshot, never waits on an actor."""
+        return status_json(self.matchmaker.snapshot)

@@ -1,0 +1,220 @@
+"""Socket.IO v5 packets: encoding, and a decoder that reassembles binary packets.
+
+Text form: ``<type>[<attachments>-][<namespace>,][<ack id>][<JSON data>]``. A
+BINARY_EVENT or BINARY_ACK is followed by its attachments, each one binary Engine.IO
+message, which replace the ``{"_placeholder": true, "num": n}`` objects in the data.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Final
+
+import attrs
+
+from .errors import ProtocolError
+
+
+class PacketType(enum.IntEnum):
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+class _Absent(enum.Enum):
+    ABSENT = "absent"
+
+
+ABSENT: Final = _Absent.ABSENT
+"""``data`` of a packet that carries none (distinct from JSON ``null``)."""
+
+_TYPES = {str(t.value): t for t in PacketType}
+_MAX_ACK_ID = 2**53  # JavaScript's safe integers; the client's counter never goes past
+_MAX_NAMESPACE = 256
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+
+@attrs.frozen(slots=True)
+class Packet:
+    """One Socket.IO packet, binary attachments already in place."""
+
+    type: PacketType
+    namespace: str = "/"
+    data: Any = ABSENT
+    id: int | None = None
+
+
+def encode(packet: Packet) -> list[str | bytes]:
+    """Encode a packet: the text part first, then one ``bytes`` per binary attachment.
+
+    ``bytes`` anywhere in an EVENT or ACK's data make it a BINARY_EVENT or BINARY_ACK.
+    """
+    kind = packet.type
+    data = packet.data
+    attachments: list[bytes] = []
+    if kind in (PacketType.EVENT, PacketType.ACK, PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        data = _deconstruct(data, attachments)
+        if attachments:
+            kind = PacketType.BINARY_ACK if kind in (PacketType.ACK, PacketType.BINARY_ACK) \
+                else PacketType.BINARY_EVENT
+        elif kind is PacketType.BINARY_EVENT:
+            kind = PacketType.EVENT
+        elif kind is PacketType.BINARY_ACK:
+            kind = PacketType.ACK
+    text = str(kind.value)
+    if attachments:
+        text += f"{len(attachments)}-"
+    if packet.namespace != "/":
+        text += packet.namespace + ","
+    if packet.id is not None:
+        text += str(packet.id)
+    if data is not ABSENT:
+        text += _dumps(data)
+    return [text, *attachments]
+
+
+def encode_control(packet: Packet) -> str:
+    """Encode a packet that can't carry binary (CONNECT, DISCONNECT, CONNECT_ERROR)."""
+    text = encode(packet)[0]
+    assert isinstance(text, str)
+    return text
+
+
+def encode_event(namespace: str, event: str, args: tuple[Any, ...] | list[Any],
+                 ack_id: int | None = None) -> list[str | bytes]:
+    """Encode EVENT ``[event, *args]`` (BINARY_EVENT if any argument holds bytes)."""
+    return encode(Packet(PacketType.EVENT, namespace, [event, *args], ack_id))
+
+
+def _deconstruct(data: Any, out: list[bytes]) -> Any:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        out.append(bytes(data))
+        return {"_placeholder": True, "num": len(out) - 1}
+    if isinstance(data, list | tuple):
+        return [_deconstruct(item, out) for item in data]
+    if isinstance(data, dict):
+        return {key: _deconstruct(value, out) for key, value in data.items()}
+    return data
+
+
+@attrs.define
+class Decoder:
+    """Turns a connection's Engine.IO messages into Socket.IO packets.
+
+    Feed every text message to :meth:`feed_text` and every binary message to
+    :meth:`feed_binary`; each returns a complete packet or ``None`` while a binary
+    packet still waits for attachments. A :class:`ProtocolError` means the connection
+    must be closed: the decoder is then in an undefined state.
+    """
+
+    max_attachments: int = 10
+    _pending: Packet | None = attrs.field(default=None, init=False)
+    _expected: int = attrs.field(default=0, init=False)
+    _buffers: list[bytes] = attrs.field(factory=list, init=False)
+
+    @property
+    def waiting_for_attachments(self) -> bool:
+        return self._pending is not None
+
+    def feed_text(self, text: str) -> Packet | None:
+        if self._pending is not None:
+            raise ProtocolError("text packet while binary attachments were expected")
+        packet, attachments = _parse(text, self.max_attachments)
+        if attachments == 0:
+            return packet
+        self._pending, self._expected, self._buffers = packet, attachments, []
+        return None
+
+    def feed_binary(self, data: bytes) -> Packet | None:
+        if self._pending is None:
+            raise ProtocolError("unexpected binary attachment")
+        self._buffers.append(data)
+        if len(self._buffers) < self._expected:
+            return None
+        packet, buffers = self._pending, self._buffers
+        self._pending, self._expected, self._buffers = None, 0, []
+        return attrs.evolve(packet, data=_reconstruct(packet.data, buffers))
+
+
+def _parse(text: str, max_attachments: int) -> tuple[Packet, int]:
+    if not text:
+        raise ProtocolError("empty Socket.IO packet")
+    kind = _TYPES.get(text[0])
+    if kind is None:
+        raise ProtocolError(f"unknown Socket.IO packet type {text[0]!r}")
+    pos, end = 1, len(text)
+    attachments = 0
+    if kind in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        dash = text.find("-", pos)
+        digits = text[pos:dash] if dash >= 0 else ""
+        if not digits.isdigit() or not digits.isascii():
+            raise ProtocolError("binary packet without an attachment count")
+        attachments = int(digits)
+        if attachments > max_attachments:
+            raise ProtocolError(f"{attachments} attachments exceed {max_attachments}")
+        pos = dash + 1
+    namespace = "/"
+    if pos < end and text[pos] == "/":
+        comma = text.find(",", pos)
+        namespace = text[pos:comma] if comma >= 0 else text[pos:]
+        pos = comma + 1 if comma >= 0 else end
+        if len(namespace) > _MAX_NAMESPACE:
+            raise ProtocolError("namespace too long")
+    ack_id: int | None = None
+    start = pos
+    while pos < end and "0" <= text[pos] <= "9":
+        pos += 1
+    if pos > start:
+        if pos - start > 16:
+            raise ProtocolError("ack id too long")
+        ack_id = int(text[start:pos])
+        if ack_id > _MAX_ACK_ID:
+            raise ProtocolError("ack id out of range")
+    data: Any = ABSENT
+    if pos < end:
+        try:
+            data = _loads(text[pos:])
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("invalid JSON in packet") from exc
+    packet = Packet(kind, namespace, data, ack_id)
+    _check(packet, attachments)
+    return packet, attachments
+
+
+def _check(packet: Packet, attachments: int) -> None:
+    """The payload rules of the Socket.IO v5 specification, per packet type."""
+    kind, data = packet.type, packet.data
+    if kind is PacketType.CONNECT:
+        ok = data is ABSENT or isinstance(data, dict)
+    elif kind is PacketType.DISCONNECT:
+        ok = data is ABSENT
+    elif kind is PacketType.CONNECT_ERROR:
+        ok = isinstance(data, str | dict)
+    elif kind in (PacketType.EVENT, PacketType.BINARY_EVENT):
+        ok = isinstance(data, list) and len(data) > 0 and isinstance(data[0], str)
+    else:  # ACK, BINARY_ACK
+        ok = isinstance(data, list) and packet.id is not None
+    if not ok:
+        raise ProtocolError(f"invalid payload for {kind.name}")
+    if kind in (PacketType.CONNECT, PacketType.DISCONNECT, PacketType.CONNECT_ERROR) \
+            and packet.id is not None:
+        raise ProtocolError(f"{kind.name} cannot carry an ack id")
+
+
+def _reconstruct(data: Any, buffers: list[bytes]) -> Any:
+    if isinstance(data, dict):
+        if data.get("_placeholder") is True and len(data) == 2 and "num" in data:
+            num = data["num"]
+            if type(num) is not int or not 0 <= num < len(buffers):
+                raise ProtocolError("placeholder names a missing attachment")
+            return buffers[num]
+        return {key: _reconstruct(value, buffers) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_reconstruct(item, buffers) for item in data]
+    return data
