@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from functools import partial
 
 import trio
@@ -40,3 +41,13 @@ async def serve(app: RootApp, settings: Settings, *,
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    """SIGTERM or SIGINT: stop serving; sessions end and tell their partners."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: shutting down", signum)
+            scope.cancel()
+            return

@@ -43,6 +43,7 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.02
+_FLUSH_GRACE = 1.0
 
 
 class EngineServer:
@@ -280,12 +281,29 @@ class EngineServer:
 
     async def _websocket_loop(self, session: EngineSession, receive: Receive,
                               send: Send) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_websocket_writer, session, send)
+        """Read and write until the session closes; then give the writer a moment to
+        flush (CLOSE included) and leave, even if the client stopped reading."""
+        writer_done = trio.Event()
+
+        async def write() -> None:
+            try:
+                await _websocket_writer(session, send)
+            finally:
+                writer_done.set()
+
+        async def read() -> None:
             try:
                 await self._websocket_reader(session, receive)
             finally:
                 session.close(session.close_reason or "transport close")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(write)
+            await session.closed_event.wait()
+            with trio.move_on_after(_FLUSH_GRACE):
+                await writer_done.wait()
+            nursery.cancel_scope.cancel()
 
     async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:
         limit = self._max
@@ -316,13 +334,17 @@ class EngineServer:
 
 async def _websocket_writer(session: EngineSession, send: Send) -> None:
     """Drain the outbox into frames until the session closes, then close the socket."""
-    outbox = session.outbox
-    async for frame in outbox:
-        if isinstance(frame, str):
-            await send({"type": "websocket.send", "text": frame})
-        else:
-            await send({"type": "websocket.send", "bytes": frame})
-    await send({"type": "websocket.close", "code": 1000})
+    try:
+        async for frame in session.outbox:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+        await send({"type": "websocket.close", "code": 1000})
+    except Exception as exc:  # noqa: BLE001 - the server refuses sends once the peer left
+        if not session.closed:
+            raise
+        log.debug("session %s: write after close: %r", session.sid, exc)
 
 
 def _client_packets(session: EngineSession,

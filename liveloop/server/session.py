@@ -90,6 +90,7 @@ class EngineSession:
         self.upgraded = trio.Event()
         """Mid-upgrade, after the probe: polling is paused, GETs answer NOOP at once."""
         self.closed = False
+        self.closed_event = trio.Event()
         self.close_reason: str | None = None
         # One slot more than the bound, for the CLOSE packet a full outbox may still need.
         self._outbox_send, self.outbox = trio.open_memory_channel[OutFrame](
@@ -191,6 +192,7 @@ class EngineSession:
                 self._outbox_send.send_nowait("1")
         self.closed = True
         self.close_reason = reason
+        self.closed_event.set()
         self._outbox_send.close()
         self._scope.cancel()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import re
 from typing import Any, Final
 
 import attrs
@@ -36,8 +38,34 @@ ABSENT: Final = _Absent.ABSENT
 _TYPES = {str(t.value): t for t in PacketType}
 _MAX_ACK_ID = 2**53  # JavaScript's safe integers; the client's counter never goes past
 _MAX_NAMESPACE = 256
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_loads = json.loads
+_MAX_DEPTH = 100  # nesting of arrays and objects: deeper data is refused, not recursed into
+_RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_json_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                separators=(",", ":")).encode
+
+
+def _dumps(data: Any) -> str:
+    # A lone surrogate (valid in a JSON string, e.g. decoded from "\ud800") has no UTF-8
+    # form: escape it as JSON does, so that the text can always be sent.
+    text = _json_encode(data)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number out of range")
+    return value
+
+
+_loads = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_parse_float).decode
 
 
 @attrs.frozen(slots=True)
@@ -127,6 +155,9 @@ class Decoder:
             raise ProtocolError("text packet while binary attachments were expected")
         packet, attachments = _parse(text, self.max_attachments)
         if attachments == 0:
+            if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+                # "50-": no attachment follows, so no placeholder may stand in the data
+                return attrs.evolve(packet, data=_reconstruct(packet.data, []))
             return packet
         self._pending, self._expected, self._buffers = packet, attachments, []
         return None
@@ -155,9 +186,10 @@ def _parse(text: str, max_attachments: int) -> tuple[Packet, int]:
         digits = text[pos:dash] if dash >= 0 else ""
         if not digits.isdigit() or not digits.isascii():
             raise ProtocolError("binary packet without an attachment count")
+        # a bounded count before int(): Python refuses to convert over 4300 digits
+        if len(digits) > 9 or int(digits) > max_attachments:
+            raise ProtocolError(f"{digits[:12]} attachments exceed {max_attachments}")
         attachments = int(digits)
-        if attachments > max_attachments:
-            raise ProtocolError(f"{attachments} attachments exceed {max_attachments}")
         pos = dash + 1
     namespace = "/"
     if pos < end and text[pos] == "/":
@@ -182,6 +214,8 @@ def _parse(text: str, max_attachments: int) -> tuple[Packet, int]:
             data = _loads(text[pos:])
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("invalid JSON in packet") from exc
+        if not _shallow(data):
+            raise ProtocolError(f"data nested deeper than {_MAX_DEPTH}")
     packet = Packet(kind, namespace, data, ack_id)
     _check(packet, attachments)
     return packet, attachments
@@ -197,7 +231,8 @@ def _check(packet: Packet, attachments: int) -> None:
     elif kind is PacketType.CONNECT_ERROR:
         ok = isinstance(data, str | dict)
     elif kind in (PacketType.EVENT, PacketType.BINARY_EVENT):
-        ok = isinstance(data, list) and len(data) > 0 and isinstance(data[0], str)
+        ok = isinstance(data, list) and len(data) > 0 and isinstance(data[0], str) \
+            and data[0] not in _RESERVED_EVENTS
     else:  # ACK, BINARY_ACK
         ok = isinstance(data, list) and packet.id is not None
     if not ok:
@@ -207,10 +242,23 @@ def _check(packet: Packet, attachments: int) -> None:
         raise ProtocolError(f"{kind.name} cannot carry an ack id")
 
 
+def _shallow(data: Any) -> bool:
+    """Whether JSON-decoded ``data`` nests arrays and objects at most ``_MAX_DEPTH`` deep."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, list | dict):
+            if depth > _MAX_DEPTH:
+                return False
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return True
+
+
 def _reconstruct(data: Any, buffers: list[bytes]) -> Any:
     if isinstance(data, dict):
-        if data.get("_placeholder") is True and len(data) == 2 and "num" in data:
-            num = data["num"]
+        if data.get("_placeholder") is True:  # as socket.io-parser: any such object
+            num = data.get("num")
             if type(num) is not int or not 0 <= num < len(buffers):
                 raise ProtocolError("placeholder names a missing attachment")
             return buffers[num]

@@ -1,0 +1,1 @@
+"""``liveloop bench``: relay, churn and idle load scenarios (see :mod:`.cli`)."""

@@ -1,0 +1,113 @@
+"""The ways to start the server: `liveloop serve`, `python -m liveloop`, hypercorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from liveloop.app import WRONG_WORKER
+
+BIN = Path(sys.executable).parent
+
+
+async def http_get(stream: trio.abc.Stream, target: str) -> tuple[int, bytes]:
+    """One GET over ``stream``; reads exactly the response (by Content-Length)."""
+    async with stream:
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+    return int(head.split()[1]), body
+
+
+async def http_get_unix(path: str, target: str) -> tuple[int, bytes]:
+    return await http_get(await trio.open_unix_socket(path), target)
+
+
+async def wait_for_socket(path: Path, process: trio.Process) -> None:
+    """Poll until the server accepts on ``path`` (a process we don't control can't
+    signal readiness otherwise)."""
+    with trio.fail_after(30):
+        while True:
+            assert process.returncode is None, "the server exited early"
+            try:
+                stream = await trio.open_unix_socket(str(path))
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+
+
+async def test_plain_hypercorn_fails_at_start_naming_the_fix(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [str(BIN / "hypercorn"), "--bind", f"unix:{sock}", "liveloop.app:app"],
+            capture_stdout=True, capture_stderr=True, check=False,
+        )
+    output = (result.stdout + result.stderr).decode()
+    assert WRONG_WORKER in output
+    assert "-k trio" in WRONG_WORKER
+
+
+async def test_hypercorn_trio_worker_serves(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    async with trio.open_nursery() as nursery:
+        process = await nursery.start(partial(
+            trio.run_process,
+            [str(BIN / "hypercorn"), "-k", "trio", "--bind", f"unix:{sock}",
+             "liveloop.app:app"], check=False,
+        ))
+        try:
+            await wait_for_socket(sock, process)
+            status, body = await http_get_unix(str(sock), "/")
+            assert (status, json.loads(body)) == (
+                200, {"status": "OK", "message": "Hello, TypeScript!"})
+            status, body = await http_get_unix(str(sock), "/api/status")
+            assert status == 200 and json.loads(body)["queue"]["size"] == 0
+            status, body = await http_get_unix(
+                str(sock), "/socket.io/?EIO=4&transport=polling")
+            assert status == 200 and body.startswith(b"0{")
+        finally:
+            process.terminate()
+        assert await process.wait() == 0  # SIGTERM is a clean shutdown
+
+
+async def test_python_m_liveloop_serve_reads_settings_from_env_and_flags() -> None:
+    env = {**os.environ, "LIVELOOP_PING_INTERVAL": "7"}
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [sys.executable, "-m", "liveloop", "serve", "--bind", "127.0.0.1:0",
+                 "--max-payload", "4321"],
+                env=env, stderr=subprocess.PIPE, check=False,
+            )
+        )
+        try:
+            assert process.stderr is not None
+            seen = b""
+            with trio.fail_after(30):
+                while b"listening on" not in seen:
+                    seen += await process.stderr.receive_some(4096)
+            url = seen.split(b"listening on ")[1].split()[0].decode().rstrip(",")
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            _, body = await http_get(stream, "/socket.io/?EIO=4&transport=polling")
+            opened = json.loads(body[1:])
+            assert opened["pingInterval"] == 7000
+            assert opened["maxPayload"] == 4321
+        finally:
+            process.terminate()
