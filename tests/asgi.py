@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -118,10 +119,8 @@ async def websocket(app: ASGIApp, path: str, params: dict[str, str],
             return {"type": "websocket.disconnect", "code": 1006}
 
     async def send(message: Message) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await app_out.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     await to_app.send({"type": "websocket.connect"})
     client = WebSocket(to_app, from_app)

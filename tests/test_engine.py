@@ -86,17 +86,18 @@ async def test_polling_echo_of_text_and_binary(engine: EngineServer) -> None:
 async def test_get_waits_for_packets(engine: EngineServer, nursery: trio.Nursery) -> None:
     sid = await handshake(engine)
     got: list[str] = []
+    answered = trio.Event()
 
     async def poll() -> None:
         got.append((await get(engine, sid)).text)
+        answered.set()
 
     nursery.start_soon(poll)
     await trio.testing.wait_all_tasks_blocked()
     assert got == []
     await post(engine, sid, "4late")
     with trio.fail_after(1):
-        while not got:
-            await trio.testing.wait_all_tasks_blocked()
+        await answered.wait()
     assert got == ["4late"]
 
 
@@ -239,9 +240,11 @@ async def test_bad_websocket_frame_closes_only_that_session(
 async def test_upgrade_from_polling(engine: EngineServer, nursery: trio.Nursery) -> None:
     sid = await handshake(engine)
     pending: list[Response] = []
+    released = trio.Event()
 
     async def poll() -> None:
         pending.append(await get(engine, sid))
+        released.set()
 
     nursery.start_soon(poll)
     await trio.testing.wait_all_tasks_blocked()
@@ -250,8 +253,7 @@ async def test_upgrade_from_polling(engine: EngineServer, nursery: trio.Nursery)
         await ws.send("2probe")
         assert await ws.receive() == "3probe"
         with trio.fail_after(1):
-            while not pending:
-                await trio.sleep(0.01)
+            await released.wait()
         assert pending[0].text == "6"  # the waiting GET is released with a NOOP
         await ws.send("5")
         await ws.send("4over websocket")

@@ -341,7 +341,7 @@ async def _websocket_writer(session: EngineSession, send: Send) -> None:
             else:
                 await send({"type": "websocket.send", "bytes": frame})
         await send({"type": "websocket.close", "code": 1000})
-    except Exception as exc:  # noqa: BLE001 - the server refuses sends once the peer left
+    except Exception as exc:  # the server refuses sends once the peer left
         if not session.closed:
             raise
         log.debug("session %s: write after close: %r", session.sid, exc)
