@@ -11,6 +11,8 @@ maxPayload 1,000,000, any origin. Started by ``liveloop conformance``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from .app import RootApp
@@ -28,8 +30,8 @@ class EchoApp:
     async def on_open(self, session: EngineSession, nursery: trio.Nursery) -> None:
         self._session = session
 
-    async def on_message(self, data: str | bytes) -> None:
-        self._session.send_frame("4" + data if isinstance(data, str) else data)
+    async def on_messages(self, batch: Sequence[str | bytes]) -> None:
+        self._session.send_packets(["4" + d if isinstance(d, str) else d for d in batch])
 
     async def on_post(self, message: object) -> None:
         pass

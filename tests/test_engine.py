@@ -6,7 +6,7 @@ Every test runs under Trio's autojump clock: heartbeats and timeouts take no rea
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import trio
@@ -114,8 +114,8 @@ async def test_payload_taken_whole_or_not_at_all(nursery: trio.Nursery) -> None:
     seen: list[str | bytes] = []
 
     class Recorder(EchoApp):
-        async def on_message(self, data: str | bytes) -> None:
-            seen.append(data)
+        async def on_messages(self, batch: Sequence[str | bytes]) -> None:
+            seen.extend(batch)
 
     engine = EngineServer(SETTINGS, Recorder)
     await nursery.start(engine.run)

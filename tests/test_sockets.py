@@ -253,3 +253,23 @@ async def test_events_before_connect_are_ignored(server: EngineServer,
         await ws.send("40")
         assert str(await ws.receive()).startswith("40")
         assert recorder.events == []
+
+
+async def test_a_payload_with_a_bad_packet_is_not_served_at_all(
+    server: EngineServer, recorder: Recorder
+) -> None:
+    """A request that arrives together with the packet that gets the connection closed
+    is not served: the whole polling body is decoded before any of it is handled."""
+    from .asgi import http
+
+    polling = {"EIO": "4", "transport": "polling"}
+    opened_ = await http(server, "GET", PATH, polling)
+    sid = json.loads(opened_.text[1:])["sid"]
+    with_sid = {**polling, "sid": sid}
+    await http(server, "POST", PATH, with_sid, b"40")
+    await http(server, "GET", PATH, with_sid)  # CONNECT answer and welcome
+    body = '42["request",1]\x1e42{"not":"an event"}'.encode()
+    assert (await http(server, "POST", PATH, with_sid, body)).status == 200
+    await trio.testing.wait_all_tasks_blocked()
+    assert recorder.events == []
+    assert recorder.disconnects == ["parse error"]

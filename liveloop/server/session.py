@@ -51,8 +51,10 @@ class SessionApp(Protocol):
         """The session exists and its task runs; called first. Tasks the app starts in
         ``nursery`` live as long as the session."""
 
-    async def on_message(self, data: str | bytes) -> None:
-        """One MESSAGE packet's data, in arrival order."""
+    async def on_messages(self, batch: Sequence[str | bytes]) -> None:
+        """The MESSAGE packets' data that arrived together (one WebSocket frame, or one
+        polling body), in order. The app may refuse a batch whole by closing the
+        session before acting on any of it."""
 
     async def on_post(self, message: object) -> None:
         """A message another actor gave to :meth:`EngineSession.post`."""
@@ -224,8 +226,8 @@ class EngineSession:
         async for item in self._mailbox:
             if isinstance(item, _Incoming):
                 self._credits.release()
-                for data in item.messages:
-                    await self.app.on_message(data)
+                if item.messages:
+                    await self.app.on_messages(item.messages)
                     if self.closed:
                         return
                 if item.then_close:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import trio
@@ -189,16 +189,27 @@ class SocketIOConnection:
             return
         self.session.close("connect timeout")
 
-    async def on_message(self, data: str | bytes) -> None:
+    async def on_messages(self, batch: Sequence[str | bytes]) -> None:
+        """Decode the whole batch first: if any of it is invalid the connection closes
+        and none of it is handled, so a request that came with a bad packet is never
+        served after the close it causes."""
+        decoder = self._decoder
+        packets: list[sio.Packet] = []
         try:
-            packet = (self._decoder.feed_text(data) if isinstance(data, str)
-                      else self._decoder.feed_binary(data))
+            for data in batch:
+                packet = (decoder.feed_text(data) if isinstance(data, str)
+                          else decoder.feed_binary(data))
+                if packet is not None:
+                    packets.append(packet)
         except ProtocolError as exc:
             log.info("session %s: %s", self.session.sid, exc.reason)
             self.session.close(DisconnectReason.PARSE_ERROR)
             return
-        if packet is not None:
+        session = self.session
+        for packet in packets:
             await self._handle(packet)
+            if session.closed:
+                return
 
     async def _handle(self, packet: sio.Packet) -> None:
         kind = packet.type

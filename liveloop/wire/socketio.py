@@ -222,7 +222,10 @@ def _parse(text: str, max_attachments: int) -> tuple[Packet, int]:
 
 
 def _check(packet: Packet, attachments: int) -> None:
-    """The payload rules of the Socket.IO v5 specification, per packet type."""
+    """The payload rules of the Socket.IO v5 specification, per packet type.
+
+    As socket.io-parser, an EVENT may not use a reserved event name such as "disconnect".
+    """
     kind, data = packet.type, packet.data
     if kind is PacketType.CONNECT:
         ok = data is ABSENT or isinstance(data, dict)
