@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 
-SERVERS = {
+SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
     "liveloop": ("Live Loop", lambda port: [
         PYTHON, "-m", "liveloop", "serve", "--bind", f"127.0.0.1:{port}",
         "--rate-limits", "off"]),
@@ -62,7 +63,7 @@ SCALES: dict[str, dict[str, tuple[str, list[str]]]] = {
 METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
     "relay": [
         ("relayed msg/s", ("relay", "relayed_per_s"), "high"),
-        ("lost", ("relay", "lost"), "low"),
+        ("lost (undelivered after --grace)", ("relay", "lost"), "low"),
         ("latency p50 ms", ("relay", "latency_ms", "p50"), "low"),
         ("latency p99 ms", ("relay", "latency_ms", "p99"), "low"),
         ("latency max ms", ("relay", "latency_ms", "max"), "low"),

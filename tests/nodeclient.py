@@ -374,6 +374,14 @@ class NodeClient:
         """
         await self._checked("disconnect", socket=socket)
 
+    async def stop_pongs(self, socket: str = "main") -> None:
+        """Make the socket's Engine.IO layer stop answering pings (all else keeps working).
+
+        The server should then close the session after ``pingInterval + pingTimeout``
+        (reason ``"ping timeout"``). Both drivers patch their engine's packet sender.
+        """
+        await self._checked("stop-pongs", socket=socket)
+
     async def state(self, socket: str = "main") -> dict[str, Any]:
         """Current ``connected``/``sid``/``engine_sid``/``transport`` of a socket."""
         return await self._checked("state", socket=socket)

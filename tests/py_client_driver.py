@@ -261,6 +261,20 @@ class Driver:
         await entry.client.disconnect()
         return {"ok": True}
 
+    async def cmd_stop_pongs(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Stop answering the server's Engine.IO pings (heartbeat-timeout tests)."""
+        entry = self.entry(cmd.get("socket"))
+        eio = entry.client.eio
+        send = eio._send_packet  # internal API of python-engineio 4.x
+
+        async def send_packet(pkt: Any) -> None:
+            if pkt.packet_type == 3:  # PONG
+                return
+            await send(pkt)
+
+        eio._send_packet = send_packet
+        return {"ok": True}
+
     async def cmd_state(self, cmd: dict[str, Any]) -> dict[str, Any]:
         entry = self.entry(cmd.get("socket"))
         return {"ok": True, "connected": entry.client.connected, **self._info(entry)}
@@ -332,12 +346,12 @@ class Driver:
                 if old.worker is not None:
                     old.worker.cancel()
                 self._spawn(old.client.shutdown())
-            client = DriverClient(reconnection=False)
+            import logging; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="CLI %(name)s %(message)s"); client = DriverClient(reconnection=False, logger=True, engineio_logger=True)
             entry = Entry(name=name, namespace="/", client=client)
             client.entry = entry
             self.sockets[name] = entry
             entry.worker = asyncio.ensure_future(self._worker(entry))
-        elif cmd.get("cmd") in ("state", "ack", "ack-next"):
+        elif cmd.get("cmd") in ("state", "ack", "ack-next", "stop-pongs"):
             # never queued behind a pending connect/emit
             await self.run_command(cmd)
             return

@@ -43,7 +43,7 @@ async def _match(first: str, second: str) -> None:
     partner_of[first], partner_of[second] = second, first
     room_of[first] = room_of[second] = room
     for me, other, initiator in ((first, second, True), (second, first, False)):
-        details = profile[other]
+        details = profile.get(other, {"name": "", "image": ""})  # may be leaving
         await sio.emit("match-done", {
             "roomId": room,
             "remoteUserDetails": {"socket": other, "userName": details["name"],

@@ -22,6 +22,9 @@
 //       Answer a pending server->client ack by hand (ack_id from the event line).
 //   {"id":5,"cmd":"disconnect","socket":"main"}
 //   {"id":6,"cmd":"state","socket":"main"}  -> {"ok":true,"connected":..,"sid":..,"transport":..}
+//   {"id":8,"cmd":"stop-pongs","socket":"main"}
+//       From now on the socket's Engine.IO layer no longer answers the server's
+//       pings (everything else still works): for heartbeat-timeout tests.
 //   {"id":7,"cmd":"exit"}                   -> closes every socket and exits(0). EOF on stdin does the same.
 //
 // Outputs:
@@ -236,6 +239,16 @@ const handlers = {
       engine_sid: socket.io.engine?.id ?? null,
       transport: transportName(socket),
     });
+  },
+
+  "stop-pongs"(cmd) {
+    const { socket } = getEntry(cmd.socket);
+    const engine = socket.io.engine;
+    if (!engine) throw new Error("socket has no engine (not connected)");
+    const send = engine._sendPacket.bind(engine);
+    // engine.io-client answers a ping with _sendPacket("pong"); drop exactly that.
+    engine._sendPacket = (type, ...rest) => (type === "pong" ? undefined : send(type, ...rest));
+    out({ type: "reply", id: cmd.id, ok: true });
   },
 
   exit(cmd) {

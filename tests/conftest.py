@@ -1,0 +1,189 @@
+"""Shared helpers for the integration tests (real clients against a real server).
+
+- :data:`VARIANTS` / the ``variant`` fixture: every client kind and transport choice the
+  integration tests run against (official npm ``socket.io-client`` with its default
+  transports and WebSocket-only, python-socketio WebSocket-only and polling-only).
+- :func:`start_server`: an app served by hypercorn in the test's nursery, on a free port.
+- :func:`http_get`: a tiny HTTP/1.1 GET over a raw Trio stream, parsed with h11, reading
+  exactly ``Content-Length`` bytes of body.
+- :class:`Sock`: one named socket of a :class:`~tests.nodeclient.NodeClient`, keeping the
+  log of everything it received, in arrival order, for ordering checks.
+
+No fixture here is called ``clock`` (a test module defines its own).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+import pytest
+import trio
+
+from liveloop.app import RootApp
+from liveloop.config import Settings
+from liveloop.serve import serve
+
+from .nodeclient import NodeClient
+
+DEADLINE = 10
+"""Seconds any single wait in an integration test may take before it fails."""
+
+
+@attrs.frozen
+class Variant:
+    """A client kind and the transports it is told to use (None: its defaults)."""
+
+    kind: str
+    transports: tuple[str, ...] | None
+
+    def opts(self) -> dict[str, Any]:
+        return {} if self.transports is None else {"transports": list(self.transports)}
+
+    @property
+    def starts_with_polling(self) -> bool:
+        return self.transports is None or self.transports[0] == "polling"
+
+
+VARIANTS = [
+    pytest.param(Variant("node", None), id="node-default"),
+    pytest.param(Variant("node", ("websocket",)), id="node-websocket"),
+    pytest.param(Variant("python", ("websocket",)), id="python-websocket"),
+    pytest.param(Variant("python", ("polling",)), id="python-polling"),
+]
+
+
+@pytest.fixture(params=VARIANTS)
+def variant(request: pytest.FixtureRequest) -> Variant:
+    """Every integration test runs once per client kind and transport choice."""
+    value: Variant = request.param
+    return value
+
+
+async def start_server(nursery: trio.Nursery, app: RootApp, settings: Settings) -> str:
+    """Serve ``app`` in ``nursery`` (``settings.bind`` should use port 0); its URL."""
+    urls: list[str] = await nursery.start(serve, app, settings)
+    return urls[0]
+
+
+@attrs.frozen
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def http_get(url: str, path: str) -> Response:
+    """``GET path`` on the server at ``url`` (``http://host:port``), one connection."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    async with stream:
+        request = h11.Request(method="GET", target=path, headers=[
+            ("Host", parts.netloc), ("Connection", "close"), ("Accept", "application/json")])
+        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        response: h11.Response | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            if isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected HTTP event {event!r}")
+    assert response is not None
+    headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
+    # h11 frames the body by Content-Length: check we got exactly that many bytes.
+    if "content-length" in headers:
+        assert len(body) == int(headers["content-length"])
+    return Response(response.status_code, headers, bytes(body))
+
+
+class Sock:
+    """One named socket of a driver process, with the log of all it received.
+
+    ``log`` holds every line of this socket (events, connect, disconnect...) in the
+    order the client received them, whether or not a test waited for it, so that
+    ordering rules can be checked over the whole session afterwards.
+    """
+
+    def __init__(self, client: NodeClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.sid: str = ""
+        self.log: list[dict[str, Any]] = []
+        self._unread: list[dict[str, Any]] = []
+
+    async def connect(self, url: str, **opts: Any) -> dict[str, Any]:
+        reply = await self.client.connect(url, name=self.name, **opts)
+        self.sid = reply["sid"]
+        return reply
+
+    async def emit(self, event: str, *args: Any) -> None:
+        await self.client.emit(event, *args, socket=self.name)
+
+    async def call(self, event: str, *args: Any) -> Any:
+        """Emit with an ack; the ack's single argument."""
+        acked = await self.client.emit(event, *args, ack=True, socket=self.name)
+        assert acked is not None and len(acked) == 1, acked
+        return acked[0]
+
+    async def _line(self) -> dict[str, Any]:
+        line = await self.client.next(socket=self.name)
+        self.log.append(line)
+        return line
+
+    async def wait(self, type_: str = "event", event: str | None = None,
+                   where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The next unread line of ``type_`` (and ``event``, and ``where``); others stay
+        unread, in order. Wrap in ``trio.fail_after``."""
+
+        def matches(line: dict[str, Any]) -> bool:
+            return (line.get("type") == type_
+                    and (event is None or line.get("event") == event)
+                    and (where is None or where(line)))
+
+        for i, line in enumerate(self._unread):
+            if matches(line):
+                return self._unread.pop(i)
+        while True:
+            line = await self._line()
+            if matches(line):
+                return line
+            self._unread.append(line)
+
+    async def receive(self, event: str,
+                      where: Callable[[dict[str, Any]], bool] | None = None) -> Any:
+        """The payload (first argument, or None) of the next ``event``."""
+        line = await self.wait("event", event, where)
+        args = line["args"]
+        return args[0] if args else None
+
+    def unread(self) -> list[dict[str, Any]]:
+        """Lines received but not waited for (including any already buffered)."""
+        lines = self.client.drain()  # every socket's lines received so far
+        mine = [line for line in lines if line.get("socket") == self.name]
+        # hand the other sockets' lines back, in order, for their own waits
+        self.client._pending.extend(line for line in lines if line.get("socket") != self.name)
+        self.log.extend(mine)
+        self._unread.extend(mine)
+        return list(self._unread)
+
+    def take_unread(self) -> list[dict[str, Any]]:
+        lines = self.unread()
+        self._unread.clear()
+        return lines
