@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import trio
-
 from .app import RootApp
 from .config import Settings
 from .server import EngineServer, socketio_server
@@ -27,7 +25,7 @@ class EchoApp:
 
     _session: EngineSession
 
-    async def on_open(self, session: EngineSession, nursery: trio.Nursery) -> None:
+    async def on_open(self, session: EngineSession) -> None:
         self._session = session
 
     async def on_messages(self, batch: Sequence[str | bytes]) -> None:

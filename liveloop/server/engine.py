@@ -43,7 +43,6 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.02
-_FLUSH_GRACE = 1.0
 
 
 class EngineServer:
@@ -281,29 +280,16 @@ class EngineServer:
 
     async def _websocket_loop(self, session: EngineSession, receive: Receive,
                               send: Send) -> None:
-        """Read and write until the session closes; then give the writer a moment to
-        flush (CLOSE included) and leave, even if the client stopped reading."""
-        writer_done = trio.Event()
-
-        async def write() -> None:
-            try:
-                await _websocket_writer(session, send)
-            finally:
-                writer_done.set()
-
-        async def read() -> None:
-            try:
-                await self._websocket_reader(session, receive)
-            finally:
-                session.close(session.close_reason or "transport close")
-
+        """Read in this task, write in a child, until the session closes; then the
+        writer has a moment to flush (CLOSE included), even if the client stopped
+        reading."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            nursery.start_soon(write)
-            await session.closed_event.wait()
-            with trio.move_on_after(_FLUSH_GRACE):
-                await writer_done.wait()
-            nursery.cancel_scope.cancel()
+            flushing = trio.CancelScope()
+            nursery.start_soon(_websocket_writer, session, send, flushing)
+            with trio.CancelScope() as reading:
+                session.attach(reading, flushing)
+                await self._websocket_reader(session, receive)
+            session.close(session.close_reason or "transport close")
 
     async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:
         limit = self._max
@@ -332,19 +318,21 @@ class EngineServer:
                 return
 
 
-async def _websocket_writer(session: EngineSession, send: Send) -> None:
+async def _websocket_writer(session: EngineSession, send: Send,
+                            scope: trio.CancelScope) -> None:
     """Drain the outbox into frames until the session closes, then close the socket."""
-    try:
-        async for frame in session.outbox:
-            if isinstance(frame, str):
-                await send({"type": "websocket.send", "text": frame})
-            else:
-                await send({"type": "websocket.send", "bytes": frame})
-        await send({"type": "websocket.close", "code": 1000})
-    except Exception as exc:  # the server refuses sends once the peer left
-        if not session.closed:
-            raise
-        log.debug("session %s: write after close: %r", session.sid, exc)
+    with scope:
+        try:
+            async for frame in session.outbox:
+                if isinstance(frame, str):
+                    await send({"type": "websocket.send", "text": frame})
+                else:
+                    await send({"type": "websocket.send", "bytes": frame})
+            await send({"type": "websocket.close", "code": 1000})
+        except Exception as exc:  # the server refuses sends once the peer left
+            if not session.closed:
+                raise
+            log.debug("session %s: write after close: %r", session.sid, exc)
 
 
 def _client_packets(session: EngineSession,

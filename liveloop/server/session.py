@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -42,14 +43,15 @@ a binary message."""
 
 _CLIENT_CREDITS = 8
 _DISCONNECT_GRACE = 10.0
+_FLUSH_GRACE = 1.0
+_BURST = 64
 
 
 class SessionApp(Protocol):
     """What runs on top of an Engine.IO session (Socket.IO, or the raw echo)."""
 
-    async def on_open(self, session: EngineSession, nursery: trio.Nursery) -> None:
-        """The session exists and its task runs; called first. Tasks the app starts in
-        ``nursery`` live as long as the session."""
+    async def on_open(self, session: EngineSession) -> None:
+        """The session exists and its task runs; called first."""
 
     async def on_messages(self, batch: Sequence[str | bytes]) -> None:
         """The MESSAGE packets' data that arrived together (one WebSocket frame, or one
@@ -104,7 +106,12 @@ class EngineSession:
         )
         self._posted = 0
         self._credits = trio.Semaphore(_CLIENT_CREDITS)
-        self._pong = trio.Event()
+        self._next_ping = math.inf
+        self._pong_due = math.inf
+        self._deadline = math.inf
+        self._deadline_reason = ""
+        self._sleeping: trio.CancelScope | None = None
+        self._transport_scopes: tuple[trio.CancelScope, trio.CancelScope] | None = None
         self._scope = trio.CancelScope()
         self.done = trio.Event()
         """Set when :meth:`run` has finished, the app told."""
@@ -163,7 +170,10 @@ class EngineSession:
         """
         if self.closed:
             raise SessionClosed
-        await self._credits.acquire()
+        try:
+            self._credits.acquire_nowait()
+        except trio.WouldBlock:
+            await self._credits.acquire()
         try:
             self._mailbox_send.send_nowait(_Incoming(messages, then_close))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -171,8 +181,13 @@ class EngineSession:
             raise SessionClosed from None
 
     def pong(self) -> None:
-        """The client answered a ping."""
-        self._pong.set()
+        """The client answered a ping: the next one is due ``ping_interval`` from now."""
+        if self._pong_due == math.inf:
+            return  # a pong nobody asked for changes nothing
+        self._pong_due = math.inf
+        self._next_ping = trio.current_time() + self.settings.ping_interval
+        if self._sleeping is not None:
+            self._sleeping.deadline = self._wake_at()
 
     def release_poll(self, answer: str) -> None:
         """End the pending GET, if any, now; with nothing queued it answers ``answer``
@@ -197,17 +212,41 @@ class EngineSession:
         self.closed_event.set()
         self._outbox_send.close()
         self._scope.cancel()
+        self._stop_transport()
 
     # -- the actor ------------------------------------------------------------------
 
+    def set_deadline(self, when: float, reason: str) -> None:
+        """Close the session with ``reason`` at ``when`` (Trio time; ``inf`` clears it).
+        Call from the session task (the app's ``on_open`` and handlers)."""
+        self._deadline, self._deadline_reason = when, reason
+
+    def attach(self, reading: trio.CancelScope, flushing: trio.CancelScope) -> None:
+        """A WebSocket serves this session: on close, stop ``reading`` at once and give
+        ``flushing`` (the writer) ``_FLUSH_GRACE`` seconds to send what is queued."""
+        self._transport_scopes = (reading, flushing)
+        if self.closed:
+            self._stop_transport()
+
+    def _stop_transport(self) -> None:
+        if self._transport_scopes is not None:
+            reading, flushing = self._transport_scopes
+            reading.cancel()
+            flushing.deadline = min(flushing.deadline, trio.current_time() + _FLUSH_GRACE)
+
     async def run(self) -> None:
-        """Serve the session until it is closed; then tell the app, once."""
+        """Serve the session until it is closed; then tell the app, once.
+
+        One task does it all: the app's calls, the heartbeat (ping every
+        ``ping_interval``, close if no pong within ``ping_timeout``) and the app's
+        deadline, so that an idle connection costs one task here.
+        """
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._heartbeat)
-                    await self.app.on_open(self, nursery)
-                    await self._dispatch()
+                now = trio.current_time()
+                self._next_ping = now + self.settings.ping_interval
+                await self.app.on_open(self)
+                await self._serve()
         except Exception:
             log.exception("session %s crashed", self.sid)
             self.close("server error")
@@ -222,8 +261,30 @@ class EngineSession:
                     log.exception("session %s: on_close failed", self.sid)
             self.done.set()
 
-    async def _dispatch(self) -> None:
-        async for item in self._mailbox:
+    def _wake_at(self) -> float:
+        return min(self._next_ping, self._pong_due, self._deadline)
+
+    async def _serve(self) -> None:
+        mailbox = self._mailbox
+        handled = 0
+        while True:
+            try:
+                item = mailbox.receive_nowait()
+            except trio.WouldBlock:
+                with trio.move_on_at(self._wake_at()) as sleeping:
+                    self._sleeping = sleeping
+                    item = await mailbox.receive()
+                self._sleeping = None
+                handled = 0
+                if sleeping.cancelled_caught:
+                    self._timers()
+                    continue
+            else:
+                handled += 1
+                if handled % _BURST == 0:
+                    # A busy connection still lets others run, and its timers fire.
+                    await trio.lowlevel.checkpoint()
+                    self._timers()
             if isinstance(item, _Incoming):
                 self._credits.release()
                 if item.messages:
@@ -239,15 +300,13 @@ class EngineSession:
                 self._posted -= 1
                 await self.app.on_post(item.message)
 
-    async def _heartbeat(self) -> None:
-        """Ping every ``ping_interval``; close if no pong within ``ping_timeout``."""
-        interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
-        while True:
-            await trio.sleep(interval)
-            self._pong = trio.Event()
-            self.send_frame("2")
-            with trio.move_on_after(timeout):
-                await self._pong.wait()
-                continue
+    def _timers(self) -> None:
+        now = trio.current_time()
+        if now >= self._deadline:
+            self.close(self._deadline_reason)
+        elif now >= self._pong_due:
             self.close("ping timeout")
-            return
+        elif now >= self._next_ping:
+            self._next_ping = math.inf
+            self._pong_due = now + self.settings.ping_timeout
+            self.send_frame("2")

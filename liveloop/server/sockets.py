@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -171,23 +172,17 @@ class SocketIOConnection:
         self._decoder = sio.Decoder(max_attachments=settings.max_attachments)
         self._sockets: dict[str, NamespaceSocket] = {}
         self._session: EngineSession | None = None
-        self._ever_connected = trio.Event()
 
     @property
     def session(self) -> EngineSession:
         assert self._session is not None
         return self._session
 
-    async def on_open(self, session: EngineSession, nursery: trio.Nursery) -> None:
+    async def on_open(self, session: EngineSession) -> None:
         self._session = session
-        nursery.start_soon(self._connect_timeout)
-
-    async def _connect_timeout(self) -> None:
-        """connectTimeout: a session that joins no namespace in time is closed."""
-        with trio.move_on_after(self._settings.connect_timeout):
-            await self._ever_connected.wait()
-            return
-        self.session.close("connect timeout")
+        # connectTimeout: a session that joins no namespace in time is closed.
+        session.set_deadline(trio.current_time() + self._settings.connect_timeout,
+                             "connect timeout")
 
     async def on_messages(self, batch: Sequence[str | bytes]) -> None:
         """Decode the whole batch first: if any of it is invalid the connection closes
@@ -259,7 +254,7 @@ class SocketIOConnection:
             return
         socket.handler = handler
         self._sockets[name] = socket
-        self._ever_connected.set()
+        session.set_deadline(math.inf, "")
         session.send_frame("4" + sio.encode_control(sio.Packet(
             sio.PacketType.CONNECT, name, {"sid": socket.sid})))
         socket._release()
