@@ -269,8 +269,9 @@ class Peer:
         try:
             await self._matchmaker.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # Only when the matchmaker has died, which ends the process anyway.
-            log.error("peer %s: matchmaker gone, dropped %r", self._sid, message)
+            # Only when the matchmaker has stopped: at shutdown (every peer then gets
+            # here, hence no error), or when it died, which ends the process anyway.
+            log.info("peer %s: matchmaker stopped, dropped %r", self._sid, message)
 
     async def _tell_room(self, call: Call, message: RoomMessage) -> bool:
         """Send to the room; False if it has ended (its RoomEnded is then on its way)."""

@@ -117,7 +117,14 @@ def encode_control(packet: Packet) -> str:
 def encode_event(namespace: str, event: str, args: tuple[Any, ...] | list[Any],
                  ack_id: int | None = None) -> list[str | bytes]:
     """Encode EVENT ``[event, *args]`` (BINARY_EVENT if any argument holds bytes)."""
-    return encode(Packet(PacketType.EVENT, namespace, [event, *args], ack_id))
+    try:
+        # The common case, with no bytes inside: one pass of the C encoder. It raises
+        # TypeError at the first bytes object, and the general path takes over.
+        data = _dumps([event, *args])
+    except TypeError:
+        return encode(Packet(PacketType.EVENT, namespace, [event, *args], ack_id))
+    head = "2" if namespace == "/" else f"2{namespace},"
+    return [head + data if ack_id is None else f"{head}{ack_id}{data}"]
 
 
 def _deconstruct(data: Any, out: list[bytes]) -> Any:
