@@ -346,7 +346,7 @@ class Driver:
                 if old.worker is not None:
                     old.worker.cancel()
                 self._spawn(old.client.shutdown())
-            import logging; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="CLI %(name)s %(message)s"); client = DriverClient(reconnection=False, logger=True, engineio_logger=True)
+            client = DriverClient(reconnection=False)
             entry = Entry(name=name, namespace="/", client=client)
             client.entry = entry
             self.sockets[name] = entry

@@ -268,7 +268,7 @@ async def test_a_payload_with_a_bad_packet_is_not_served_at_all(
     with_sid = {**polling, "sid": sid}
     await http(server, "POST", PATH, with_sid, b"40")
     await http(server, "GET", PATH, with_sid)  # CONNECT answer and welcome
-    body = '42["request",1]\x1e42{"not":"an event"}'.encode()
+    body = b'42["request",1]\x1e42{"not":"an event"}'
     assert (await http(server, "POST", PATH, with_sid, body)).status == 200
     await trio.testing.wait_all_tasks_blocked()
     assert recorder.events == []

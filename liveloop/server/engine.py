@@ -8,6 +8,7 @@ this object's; it changes without awaiting, at handshake and when a session task
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -43,6 +44,7 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.02
+_FLUSH_GRACE = 1.0
 
 
 class EngineServer:
@@ -210,9 +212,10 @@ class EngineServer:
                     await session.deliver(messages, then_close=close)
             except SessionClosed:
                 pass
-            await respond(send, 200, b"ok", cors)
         finally:
             session.polling_post = False
+        # Only now: the client may send its next POST as soon as it has this answer.
+        await respond(send, 200, b"ok", cors)
 
     # -- WebSocket ----------------------------------------------------------------------
 
@@ -289,6 +292,11 @@ class EngineServer:
             with trio.CancelScope() as reading:
                 session.attach(reading, flushing)
                 await self._websocket_reader(session, receive)
+                # The client went away: what it sent before leaving is still served
+                # (a DISCONNECT, say), then the session closes.
+                with trio.move_on_after(_FLUSH_GRACE), contextlib.suppress(SessionClosed):
+                    await session.deliver((), then_close=True)
+                    await session.closed_event.wait()
             session.close(session.close_reason or "transport close")
 
     async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:

@@ -25,6 +25,8 @@ from .session import EngineSession
 
 log = logging.getLogger(__name__)
 
+_DISCONNECT_GRACE = 10.0
+
 
 def new_id() -> str:
     """A random, URL-safe 20-character id (120 bits), for sids and socket ids."""
@@ -265,7 +267,11 @@ class SocketIOConnection:
         del self._sockets[socket.namespace]
         socket._close()
         if socket.handler is not None:
-            await socket.handler.on_disconnect(reason)
+            # on_disconnect is called once and must run to its end (it tells the
+            # matchmaker or the partner), even if the session closes meanwhile.
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + _DISCONNECT_GRACE
+                await socket.handler.on_disconnect(reason)
 
     async def on_post(self, message: object) -> None:
         if isinstance(message, _ForSocket):
