@@ -188,6 +188,16 @@ class RequestRoom:
         )
 
 
+def _negotiation_targets(fields: Mapping[str, object], settings: Settings
+                         ) -> tuple[str | None, str | None, str | None]:
+    """The optional ``roomId``, ``remoteSocketId`` and ``name`` of an offer or answer."""
+    return (
+        _optional_text(fields, "roomId", MAX_ID),
+        _optional_text(fields, "remoteSocketId", MAX_ID),
+        _optional_text(fields, "name", settings.max_name),
+    )
+
+
 @attrs.frozen
 class CallOffer:
     """``negotiation-call-offer``: relay an SDP offer to my partner."""
@@ -202,10 +212,8 @@ class CallOffer:
         """``offer`` is required and of type ``offer``; the target fields are optional."""
         fields = _fields(raw, CALL_OFFER)
         return cls(
-            offer=SessionDescription.parse(fields.get("offer"), "offer", _OFFER_TYPES, settings),
-            room_id=_optional_text(fields, "roomId", MAX_ID),
-            remote_socket_id=_optional_text(fields, "remoteSocketId", MAX_ID),
-            name=_optional_text(fields, "name", settings.max_name),
+            SessionDescription.parse(fields.get("offer"), "offer", _OFFER_TYPES, settings),
+            *_negotiation_targets(fields, settings),
         )
 
     @property
@@ -227,10 +235,8 @@ class CallAnswer:
         """``ans`` is required and of type ``answer`` or ``pranswer``."""
         fields = _fields(raw, CALL_ANSWER)
         return cls(
-            ans=SessionDescription.parse(fields.get("ans"), "ans", _ANSWER_TYPES, settings),
-            room_id=_optional_text(fields, "roomId", MAX_ID),
-            remote_socket_id=_optional_text(fields, "remoteSocketId", MAX_ID),
-            name=_optional_text(fields, "name", settings.max_name),
+            SessionDescription.parse(fields.get("ans"), "ans", _ANSWER_TYPES, settings),
+            *_negotiation_targets(fields, settings),
         )
 
     @property

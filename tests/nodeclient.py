@@ -26,7 +26,6 @@ Binary values (``bytes``) are transparently carried as ``{"$bin": base64}``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
@@ -41,6 +40,8 @@ from types import TracebackType
 from typing import Any, Literal
 
 import trio
+
+from .binjson import decode, encode
 
 __all__ = ["ClientDied", "ConnectFailed", "DriverError", "NodeClient", "decode", "encode"]
 
@@ -74,28 +75,6 @@ class ConnectFailed(DriverError):
 
 class ClientDied(Exception):
     """The driver process exited (or closed stdout) while we were waiting on it."""
-
-
-def encode(value: Any) -> Any:
-    """Convert ``bytes`` (at any depth) into the driver's ``{"$bin": base64}`` form."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bin": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    return value
-
-
-def decode(value: Any) -> Any:
-    """Inverse of :func:`encode`: ``{"$bin": ...}`` becomes ``bytes``."""
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"$bin"} and isinstance(value["$bin"], str):
-            return base64.b64decode(value["$bin"])
-        return {k: decode(v) for k, v in value.items()}
-    return value
 
 
 def _camel(key: str) -> str:

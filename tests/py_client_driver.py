@@ -28,7 +28,6 @@ Differences from the Node driver, all inherent to python-socketio:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import json
@@ -40,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import socketio
+from binjson import decode, encode  # the script runs with tests/ on sys.path
 from socketio import packet
 
 REASONS = {
@@ -65,28 +65,6 @@ def out(obj: dict[str, Any]) -> None:
     """Write one JSON line to stdout (the only thing ever written there)."""
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
-
-
-def encode(value: Any) -> Any:
-    """Make ``value`` JSON-safe: bytes become ``{"$bin": base64}``."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bin": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if isinstance(value, dict):
-        return {k: encode(v) for k, v in value.items()}
-    return value
-
-
-def decode(value: Any) -> Any:
-    """Inverse of :func:`encode`."""
-    if isinstance(value, list):
-        return [decode(v) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"$bin"} and isinstance(value["$bin"], str):
-            return base64.b64decode(value["$bin"])
-        return {k: decode(v) for k, v in value.items()}
-    return value
 
 
 @dataclass
