@@ -132,6 +132,9 @@ class EngineServer:
             await self._error(send, SESSION_ID_UNKNOWN, cors)
             return
         if found.transport != "polling":
+            # Polling is over for this session. As for a duplicate WebSocket, answer a
+            # beat late, so the refusal can't overtake frames in flight on the new one.
+            await trio.sleep(_STRAGGLER_DELAY)
             await self._error(send, BAD_REQUEST, cors)
             return
         if method == "GET":
