@@ -347,3 +347,32 @@ async def test_same_origin_only_by_default(engine: EngineServer) -> None:
     assert same.status == 200
     other = await http(engine, "GET", PATH, params, headers={"origin": "http://elsewhere"})
     assert other.status == 403
+
+
+async def test_a_post_waiting_for_a_busy_session_is_released_by_its_close(
+    nursery: trio.Nursery
+) -> None:
+    """A client whose input waits for a busy session is answered when the session
+    closes (here from another task, as an outbox overflow would), not never."""
+
+    class Stuck(EchoApp):
+        async def on_messages(self, batch: Sequence[str | bytes]) -> None:
+            await trio.sleep_forever()
+
+    engine = EngineServer(SETTINGS, Stuck)
+    await nursery.start(engine.run)
+    sid = await handshake(engine)
+    for _ in range(9):  # eight credits, then one more to be the first that waits
+        assert (await post(engine, sid, "4x")).status == 200
+    answered: list[Response] = []
+
+    async def last_post() -> None:
+        answered.append(await post(engine, sid, "4waits"))
+
+    nursery.start_soon(last_post)
+    await trio.testing.wait_all_tasks_blocked()
+    assert answered == []
+    engine.sessions[sid].close("outbox overflow")
+    await trio.testing.wait_all_tasks_blocked()
+    assert answered[0].status == 200
+    assert sid not in engine.sessions

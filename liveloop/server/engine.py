@@ -20,7 +20,7 @@ from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
-from .session import EngineSession, OutFrame, SessionApp, SessionClosed
+from .session import FLUSH_GRACE, EngineSession, OutFrame, SessionApp, SessionClosed
 from .sockets import new_id
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
-_FLUSH_GRACE = 1.0
 
 
 class EngineServer:
@@ -292,15 +291,17 @@ class EngineServer:
         async with trio.open_nursery() as nursery:
             flushing = trio.CancelScope()
             nursery.start_soon(_websocket_writer, session, send, flushing)
-            with trio.CancelScope() as reading:
-                session.attach(reading, flushing)
-                await self._websocket_reader(session, receive)
-                # The client went away: what it sent before leaving is still served
-                # (a DISCONNECT, say), then the session closes.
-                with trio.move_on_after(_FLUSH_GRACE), contextlib.suppress(SessionClosed):
-                    await session.deliver((), then_close=True)
-                    await session.closed_event.wait()
-            session.close(session.close_reason or "transport close")
+            try:
+                with trio.CancelScope() as reading:
+                    session.attach(reading, flushing)
+                    await self._websocket_reader(session, receive)
+                    # The client closed or went away: what it sent before is still
+                    # served (a DISCONNECT, say), then the session closes.
+                    with trio.move_on_after(FLUSH_GRACE), contextlib.suppress(SessionClosed):
+                        await session.deliver((), then_close=True)
+                        await session.closed_event.wait()
+            finally:
+                session.close(session.close_reason or "transport close")
 
     async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:
         limit = self._max
@@ -325,8 +326,7 @@ class EngineServer:
             except SessionClosed:
                 return
             if close:
-                await session.deliver((), then_close=True)
-                return
+                return  # the caller closes, after what the client sent before
 
 
 async def _websocket_writer(session: EngineSession, send: Send,
@@ -340,10 +340,10 @@ async def _websocket_writer(session: EngineSession, send: Send,
                 else:
                     await send({"type": "websocket.send", "bytes": frame})
             await send({"type": "websocket.close", "code": 1000})
-        except Exception as exc:  # the server refuses sends once the peer left
+        except Exception as exc:  # the server refuses sends once the peer has left
             if not session.closed:
-                raise
-            log.debug("session %s: write after close: %r", session.sid, exc)
+                log.info("session %s: write failed: %r", session.sid, exc)
+            session.close("transport error")
 
 
 def _client_packets(session: EngineSession,

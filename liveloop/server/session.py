@@ -42,8 +42,10 @@ OutFrame = str | bytes
 a binary message."""
 
 _CLIENT_CREDITS = 8
-_DISCONNECT_GRACE = 10.0
-_FLUSH_GRACE = 1.0
+DISCONNECT_GRACE = 10.0
+"""Seconds the app's disconnect handling may take at close."""
+FLUSH_GRACE = 1.0
+"""Seconds a closing WebSocket's writer has to send what was queued."""
 _BURST = 64
 
 
@@ -174,6 +176,8 @@ class EngineSession:
             self._credits.acquire_nowait()
         except trio.WouldBlock:
             await self._credits.acquire()
+        if self.closed:  # close() hands out credits so that no one waits for ever
+            raise SessionClosed
         try:
             self._mailbox_send.send_nowait(_Incoming(messages, then_close))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -210,6 +214,8 @@ class EngineSession:
         self.closed = True
         self.close_reason = reason
         self.closed_event.set()
+        for _ in range(_CLIENT_CREDITS):
+            self._credits.release()  # wakes transports waiting in deliver()
         self._outbox_send.close()
         self._scope.cancel()
         self._stop_transport()
@@ -223,7 +229,7 @@ class EngineSession:
 
     def attach(self, reading: trio.CancelScope, flushing: trio.CancelScope) -> None:
         """A WebSocket serves this session: on close, stop ``reading`` at once and give
-        ``flushing`` (the writer) ``_FLUSH_GRACE`` seconds to send what is queued."""
+        ``flushing`` (the writer) ``FLUSH_GRACE`` seconds to send what is queued."""
         self._transport_scopes = (reading, flushing)
         if self.closed:
             self._stop_transport()
@@ -232,7 +238,7 @@ class EngineSession:
         if self._transport_scopes is not None:
             reading, flushing = self._transport_scopes
             reading.cancel()
-            flushing.deadline = min(flushing.deadline, trio.current_time() + _FLUSH_GRACE)
+            flushing.deadline = min(flushing.deadline, trio.current_time() + FLUSH_GRACE)
 
     async def run(self) -> None:
         """Serve the session until it is closed; then tell the app, once.
@@ -254,7 +260,7 @@ class EngineSession:
             self.close(self.close_reason or "transport close")
             self._mailbox.close()
             with trio.CancelScope(shield=True) as shield:
-                shield.deadline = trio.current_time() + _DISCONNECT_GRACE
+                shield.deadline = trio.current_time() + DISCONNECT_GRACE
                 try:
                     await self.app.on_close(self.close_reason or "transport close")
                 except Exception:

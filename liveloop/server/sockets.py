@@ -21,11 +21,9 @@ from ..config import Settings
 from ..wire import socketio as sio
 from ..wire.errors import ProtocolError
 from .api import JSON, ConnectRefused, DisconnectReason, Namespace, SocketClosed, SocketHandler
-from .session import EngineSession
+from .session import DISCONNECT_GRACE, EngineSession
 
 log = logging.getLogger(__name__)
-
-_DISCONNECT_GRACE = 10.0
 
 
 def new_id() -> str:
@@ -261,17 +259,24 @@ class SocketIOConnection:
             sio.PacketType.CONNECT, name, {"sid": socket.sid})))
         socket._release()
 
-    async def _drop(self, socket: NamespaceSocket, reason: str) -> None:
+    async def _drop(self, socket: NamespaceSocket, reason: str, *, shield: bool = True
+                    ) -> None:
+        """End one namespace socket and call its ``on_disconnect``, once. It must run to
+        its end (it tells the matchmaker or the partner), even if the session closes
+        meanwhile: ``shield`` it, unless the caller already does (``on_close``)."""
         if self._sockets.get(socket.namespace) is not socket:
             return
         del self._sockets[socket.namespace]
         socket._close()
-        if socket.handler is not None:
-            # on_disconnect is called once and must run to its end (it tells the
-            # matchmaker or the partner), even if the session closes meanwhile.
-            with trio.CancelScope(shield=True) as shield:
-                shield.deadline = trio.current_time() + _DISCONNECT_GRACE
-                await socket.handler.on_disconnect(reason)
+        if socket.handler is None:
+            return
+        with trio.CancelScope(shield=shield) as scope:
+            if shield:
+                scope.deadline = trio.current_time() + DISCONNECT_GRACE
+            await socket.handler.on_disconnect(reason)
+        if scope.cancelled_caught:
+            log.error("session %s: on_disconnect of %s did not finish in time",
+                      self.session.sid, socket.sid)
 
     async def on_post(self, message: object) -> None:
         if isinstance(message, _ForSocket):
@@ -283,4 +288,4 @@ class SocketIOConnection:
 
     async def on_close(self, reason: str) -> None:
         for socket in list(self._sockets.values()):
-            await self._drop(socket, reason)
+            await self._drop(socket, reason, shield=False)  # the session shields this
