@@ -115,8 +115,6 @@ class EngineSession:
         self._sleeping: trio.CancelScope | None = None
         self._transport_scopes: tuple[trio.CancelScope, trio.CancelScope] | None = None
         self._scope = trio.CancelScope()
-        self.done = trio.Event()
-        """Set when :meth:`run` has finished, the app told."""
         self.polling_get: trio.CancelScope | None = None
         """The cancel scope of the GET request that waits on the outbox, if any."""
         self.polling_post = False
@@ -265,7 +263,6 @@ class EngineSession:
                     await self.app.on_close(self.close_reason or "transport close")
                 except Exception:
                     log.exception("session %s: on_close failed", self.sid)
-            self.done.set()
 
     def _wake_at(self) -> float:
         return min(self._next_ping, self._pong_due, self._deadline)
