@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +14,11 @@ from hypothesis import strategies as st
 from liveloop.wire import engineio as eio
 from liveloop.wire.errors import ProtocolError
 
-VECTORS: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent.parent / "protocol" / "vectors" / "engineio.json")
-    .read_text(encoding="utf-8")
-)
+from .vectors import ids, load
+
+_VECTORS = load("engineio")
+VECTORS, VALID, INVALID, CANONICAL = (
+    _VECTORS.all, _VECTORS.valid, _VECTORS.invalid, _VECTORS.canonical)
 DEFAULTS = {"max_size": 1_000_000, "max_packets": 256}
 BIG = 1_000_000
 
@@ -53,19 +53,12 @@ def _decode(vector: dict[str, Any]) -> eio.Packet | list[eio.Packet]:
     return eio.decode_text(frame, max_size=opts["max_size"])
 
 
-def _ids(vectors: list[dict[str, Any]]) -> list[str]:
-    return [v["name"] for v in vectors]
-
-
-VALID = [v for v in VECTORS if not v.get("error")]
-INVALID = [v for v in VECTORS if v.get("error")]
-CANONICAL = [v for v in VALID if not v.get("decode_only")]
 
 
 # --- the vector file itself -----------------------------------------------------------------
 
 def test_vector_names_are_unique() -> None:
-    names = _ids(VECTORS)
+    names = ids(VECTORS)
     assert len(names) == len(set(names))
 
 
@@ -87,7 +80,7 @@ def test_vectors_cover_every_packet_type_both_ways() -> None:
 
 # --- the vectors, both ways -----------------------------------------------------------------
 
-@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+@pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
 def test_vector_decodes_to_its_meaning(vector: dict[str, Any]) -> None:
     if vector["kind"] == "payload":
         expected: Any = [_packet(p) for p in vector["decoded"]]
@@ -96,7 +89,7 @@ def test_vector_decodes_to_its_meaning(vector: dict[str, Any]) -> None:
     assert _decode(vector) == expected
 
 
-@pytest.mark.parametrize("vector", CANONICAL, ids=_ids(CANONICAL))
+@pytest.mark.parametrize("vector", CANONICAL, ids=ids(CANONICAL))
 def test_meaning_encodes_to_the_vector(vector: dict[str, Any]) -> None:
     if vector["kind"] == "payload":
         packets = [_packet(p) for p in vector["decoded"]]
@@ -107,7 +100,7 @@ def test_meaning_encodes_to_the_vector(vector: dict[str, Any]) -> None:
         assert eio.encode_text(_packet(vector["decoded"])) == _frame(vector["encoded"])
 
 
-@pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
+@pytest.mark.parametrize("vector", INVALID, ids=ids(INVALID))
 def test_invalid_vector_is_rejected(vector: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):
         _decode(vector)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +15,11 @@ from liveloop.wire import engineio as eio
 from liveloop.wire import socketio as sio
 from liveloop.wire.errors import ProtocolError
 
-VECTORS: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent.parent / "protocol" / "vectors" / "socketio.json")
-    .read_text(encoding="utf-8")
-)
+from .vectors import ids, load
+
+_VECTORS = load("socketio")
+VECTORS, VALID, INVALID, CANONICAL = (
+    _VECTORS.all, _VECTORS.valid, _VECTORS.invalid, _VECTORS.canonical)
 DEFAULT_MAX_ATTACHMENTS = 10
 T = sio.PacketType
 
@@ -58,19 +58,12 @@ def _feed(decoder: sio.Decoder, frame: str | bytes) -> sio.Packet | None:
     return decoder.feed_text(frame)
 
 
-def _ids(vectors: list[dict[str, Any]]) -> list[str]:
-    return [v["name"] for v in vectors]
-
-
-VALID = [v for v in VECTORS if not v.get("error")]
-INVALID = [v for v in VECTORS if v.get("error")]
-CANONICAL = [v for v in VALID if not v.get("decode_only")]
 
 
 # --- the vector file itself -----------------------------------------------------------------
 
 def test_vector_names_are_unique() -> None:
-    names = _ids(VECTORS)
+    names = ids(VECTORS)
     assert len(names) == len(set(names))
 
 
@@ -91,7 +84,7 @@ def test_vectors_cover_every_packet_type_both_ways() -> None:
 
 # --- the vectors, both ways -----------------------------------------------------------------
 
-@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+@pytest.mark.parametrize("vector", VALID, ids=ids(VALID))
 def test_vector_decodes_to_its_meaning(vector: dict[str, Any]) -> None:
     decoder = _decoder(vector)
     *head, last = _frames(vector)
@@ -102,7 +95,7 @@ def test_vector_decodes_to_its_meaning(vector: dict[str, Any]) -> None:
     assert not decoder.waiting_for_attachments
 
 
-@pytest.mark.parametrize("vector", CANONICAL, ids=_ids(CANONICAL))
+@pytest.mark.parametrize("vector", CANONICAL, ids=ids(CANONICAL))
 def test_meaning_encodes_to_the_vector(vector: dict[str, Any]) -> None:
     packet = _packet(vector["decoded"])
     assert sio.encode(packet) == _frames(vector)
@@ -110,7 +103,7 @@ def test_meaning_encodes_to_the_vector(vector: dict[str, Any]) -> None:
         assert sio.encode_control(packet) == vector["encoded"]
 
 
-@pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
+@pytest.mark.parametrize("vector", INVALID, ids=ids(INVALID))
 def test_invalid_vector_is_rejected(vector: dict[str, Any]) -> None:
     decoder = _decoder(vector)
     *head, last = _frames(vector)
