@@ -151,10 +151,9 @@ class Matchmaker:
         lobby = self._lobby
         names = itertools.islice((request.member.name for request in lobby.waiting()),
                                  self._settings.status_users)
-        snapshot = Snapshot(queue_size=lobby.queue_size, queue_users=tuple(names),
-                            rooms_active=lobby.rooms_active, rooms_total=lobby.rooms_total)
-        if snapshot != self._snapshot:
-            self._snapshot = snapshot
+        self._snapshot = Snapshot(queue_size=lobby.queue_size, queue_users=tuple(names),
+                                  rooms_active=lobby.rooms_active,
+                                  rooms_total=lobby.rooms_total)
 
     # -- for tests and diagnostics -------------------------------------------------------
 
