@@ -1,4 +1,5 @@
-"""Serving a :class:`~liveloop.app.RootApp` with hypercorn's Trio worker, in-process."""
+"""Serving a :class:`~liveloop.app.RootApp` in-process: Engine.IO WebSockets by our own
+transport (:mod:`liveloop.server.fastws`), everything else by hypercorn's Trio worker."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ from functools import partial
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from .app import RootApp
 from .config import Settings
+from .server import fastws
 
 log = logging.getLogger(__name__)
 
 
 def hypercorn_config(settings: Settings) -> Config:
     """Hypercorn's config for these settings: the bind address, and a WebSocket message
-    limit at maxPayload so oversize frames are refused before they are buffered whole."""
+    limit at maxPayload so oversize frames are refused before they are buffered whole
+    (for a WebSocket that hypercorn serves: one on a kept-alive HTTP connection)."""
     config = Config()
     config.bind = [settings.bind]
     config.websocket_max_message_size = settings.max_payload
@@ -29,15 +31,16 @@ def hypercorn_config(settings: Settings) -> Config:
 
 async def serve(app: RootApp, settings: Settings, *,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the app's actors and hypercorn in one nursery until cancelled.
+    """Run the app's actors and the listener in one nursery until cancelled.
 
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. If an
-    actor crashes, the nursery cancels hypercorn and the exception propagates.
+    actor crashes, the nursery cancels the listener and the exception propagates.
     """
     async with trio.open_nursery() as nursery:
         await nursery.start(app.run)
+        engines = app._engines  # RootApp's own routing: Engine.IO path -> server
         binds: list[str] = await nursery.start(
-            partial(hypercorn_serve, app, hypercorn_config(settings))  # type: ignore[arg-type]
+            partial(fastws.serve, app, engines, hypercorn_config(settings))
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 
@@ -225,56 +226,59 @@ class EngineServer:
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
+        await self.serve_websocket(scope, ASGIWebSocket(receive, send))
+
+    async def serve_websocket(self, scope: Scope, ws: WebSocket) -> None:
+        """Serve one WebSocket request (``scope`` gives its query and headers) until its
+        session closes: a new session, or the upgrade of a polling one. The ASGI path
+        and ``liveloop serve``'s own transport (:mod:`.fastws`) both come here."""
         params = query(scope)
         if (not self.origins.allows(scope) or params.get("EIO") != "4"
                 or params.get("transport") != "websocket"):
-            await send({"type": "websocket.close", "code": 1008})
+            await ws.refuse()
             return
         sid = params.get("sid")
         if sid is None:
             session = self._start("websocket")
-            await send({"type": "websocket.accept"})
-            await send({"type": "websocket.send",
-                        "text": eio.encode_text(self._open_packet(session.sid, []))})
+            await ws.accept()
+            await ws.send_frames((eio.encode_text(self._open_packet(session.sid, [])),))
         else:
             found = self.sessions.get(sid)
             if found is None:
-                await send({"type": "websocket.close", "code": 1008})
+                await ws.refuse()
                 return
             if found.transport != "polling" or found.upgrading:
                 # A second WebSocket for a session that has one: accepted, then closed,
                 # and the session it named goes on untouched. Mid-upgrade, it is closed
                 # once the upgrade has settled, so it can't overtake the first one.
-                await send({"type": "websocket.accept"})
+                await ws.accept()
                 with trio.move_on_after(self.settings.upgrade_timeout):
                     await found.upgraded.wait()
                 # A beat more, so that its close does not reach the client before frames
                 # already in flight on the first socket (a client may watch both).
                 await trio.sleep(_STRAGGLER_DELAY)
-                await send({"type": "websocket.close", "code": 1008})
+                await ws.close(1008)
                 return
             session = found
             session.upgrading = True  # before accepting: a second WebSocket must see it
-            await send({"type": "websocket.accept"})
-            if not await self._upgrade(session, receive, send):
-                await send({"type": "websocket.close", "code": 1000})
+            await ws.accept()
+            if not await self._upgrade(session, ws):
+                await ws.close(1000)
                 return
-        await self._websocket_loop(session, receive, send)
+        await self._websocket_loop(session, ws)
 
-    async def _upgrade(self, session: EngineSession, receive: Receive, send: Send) -> bool:
+    async def _upgrade(self, session: EngineSession, ws: WebSocket) -> bool:
         """The probe (``2probe`` / ``3probe``), then ``5``; False if it failed or timed
         out, in which case the session goes on over polling."""
         try:
             with trio.move_on_after(self.settings.upgrade_timeout):
-                message = await receive()
-                if message.get("text") != "2probe":
+                if await ws.receive() != "2probe":
                     return False
-                await send({"type": "websocket.send", "text": "3probe"})
+                await ws.send_frames(("3probe",))
                 # Release the pending GET with a NOOP so that the client can pause.
                 session.probed = True
                 session.release_poll(_PROBED)
-                message = await receive()
-                if message.get("text") != "5" or session.closed:
+                if await ws.receive() != "5" or session.closed:
                     return False
                 session.transport = "websocket"
                 session.upgraded.set()
@@ -283,18 +287,17 @@ class EngineServer:
         finally:
             session.upgrading = session.probed = False
 
-    async def _websocket_loop(self, session: EngineSession, receive: Receive,
-                              send: Send) -> None:
+    async def _websocket_loop(self, session: EngineSession, ws: WebSocket) -> None:
         """Read in this task, write in a child, until the session closes; then the
         writer has a moment to flush (CLOSE included), even if the client stopped
         reading."""
         async with trio.open_nursery() as nursery:
             flushing = trio.CancelScope()
-            nursery.start_soon(_websocket_writer, session, send, flushing)
+            nursery.start_soon(_websocket_writer, session, ws, flushing)
             try:
                 with trio.CancelScope() as reading:
                     session.attach(reading, flushing)
-                    await self._websocket_reader(session, receive)
+                    await self._websocket_reader(session, ws)
                     # The client closed or went away: what it sent before is still
                     # served (a DISCONNECT, say), then the session closes.
                     with trio.move_on_after(FLUSH_GRACE), contextlib.suppress(SessionClosed):
@@ -303,18 +306,17 @@ class EngineServer:
             finally:
                 session.close(session.close_reason or "transport close")
 
-    async def _websocket_reader(self, session: EngineSession, receive: Receive) -> None:
+    async def _websocket_reader(self, session: EngineSession, ws: WebSocket) -> None:
         limit = self._max
         while not session.closed:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return  # websocket.disconnect
-            text = message.get("text")
+            message = await ws.receive()
+            if message is None:
+                break  # the client left
             try:
-                if text is not None:
-                    packet = eio.decode_text(text, max_size=limit)
+                if isinstance(message, str):
+                    packet = eio.decode_text(message, max_size=limit)
                 else:
-                    packet = eio.decode_binary(message.get("bytes") or b"", max_size=limit)
+                    packet = eio.decode_binary(message, max_size=limit)
                 if packet.type is eio.PacketType.MESSAGE:
                     await session.deliver((packet.data,))
                     continue
@@ -329,18 +331,82 @@ class EngineServer:
                 return  # the caller closes, after what the client sent before
 
 
-async def _websocket_writer(session: EngineSession, send: Send,
+class WebSocket(Protocol):
+    """One WebSocket as the Engine.IO code sees it: what a transport provides."""
+
+    async def accept(self) -> None:
+        """Complete the opening handshake."""
+
+    async def refuse(self) -> None:
+        """Refuse the handshake (HTTP 403); the request is over."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next whole message (``str``: a text frame); None once the peer has gone
+        or the socket is closing."""
+
+    async def send_frames(self, frames: Sequence[OutFrame]) -> None:
+        """Send these messages, in order (``str`` as text frames); after the peer has
+        gone, does nothing."""
+
+    async def close(self, code: int) -> None:
+        """Start the closing handshake with ``code``."""
+
+
+class ASGIWebSocket:
+    """:class:`WebSocket` over an ASGI server's ``receive`` / ``send``, after
+    ``websocket.connect``."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def accept(self) -> None:
+        await self._send({"type": "websocket.accept"})
+
+    async def refuse(self) -> None:
+        await self._send({"type": "websocket.close", "code": 1008})
+
+    async def receive(self) -> str | bytes | None:
+        message = await self._receive()
+        if message["type"] != "websocket.receive":
+            return None  # websocket.disconnect
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        return bytes(message.get("bytes") or b"")
+
+    async def send_frames(self, frames: Sequence[OutFrame]) -> None:
+        send = self._send
+        for frame in frames:
+            if isinstance(frame, str):
+                await send({"type": "websocket.send", "text": frame})
+            else:
+                await send({"type": "websocket.send", "bytes": frame})
+
+    async def close(self, code: int) -> None:
+        await self._send({"type": "websocket.close", "code": code})
+
+
+async def _websocket_writer(session: EngineSession, ws: WebSocket,
                             scope: trio.CancelScope) -> None:
-    """Drain the outbox into frames until the session closes, then close the socket."""
+    """Drain the outbox until the session closes, then close the socket. Each wake-up
+    takes everything queued, so the transport can write it at once."""
+    outbox = session.outbox
     with scope:
         try:
-            async for frame in session.outbox:
-                if isinstance(frame, str):
-                    await send({"type": "websocket.send", "text": frame})
-                else:
-                    await send({"type": "websocket.send", "bytes": frame})
-            await send({"type": "websocket.close", "code": 1000})
-        except Exception as exc:  # the server refuses sends once the peer has left
+            while True:
+                try:
+                    frames = [await outbox.receive()]
+                except trio.EndOfChannel:
+                    break
+                try:
+                    while True:
+                        frames.append(outbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    pass
+                await ws.send_frames(frames)
+            await ws.close(1000)
+        except Exception as exc:  # the server refuses sends once the peer left
             if not session.closed:
                 log.info("session %s: write failed: %r", session.sid, exc)
             session.close("transport error")

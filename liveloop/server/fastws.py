@@ -1,0 +1,329 @@
+"""``liveloop serve``'s own listener: Engine.IO WebSockets served directly, the rest by
+hypercorn.
+
+Each connection's first request head is read here (with h11, at most
+``_MAX_HEAD`` bytes). A valid WebSocket upgrade for an Engine.IO path is completed here
+and the socket is served by :meth:`EngineServer.serve_websocket` through
+:class:`FastWebSocket`, which frames with :mod:`liveloop.wire.websocket` straight on the
+TCP stream: one ``receive_some`` for whatever frames have arrived, and one ``send_all``
+for all the packets the outbox held, with no per-frame queue, task hop or timer. Any other
+connection (polling, REST, a WebSocket elsewhere, anything malformed) goes to
+hypercorn's own connection handler, which first reads back the bytes taken here; it
+serves them through the ASGI app as ``hypercorn -k trio`` would.
+
+Not negotiated here: WebSocket extensions (permessage-deflate; Engine.IO servers leave it
+off by default) and subprotocols. Engine.IO's heartbeat ends dead sessions, so reads have
+no deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+from ..wire import websocket as wsframe
+from .asgi import Scope
+from .engine import EngineServer
+from .session import OutFrame
+
+log = logging.getLogger(__name__)
+
+_MAX_HEAD = 16 * 1024
+_RECEIVE_SIZE = 65536
+
+_Engines = dict[str, EngineServer]
+
+
+async def serve(app: Any, engines: _Engines, config: Config, *,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
+    (path without trailing slash -> server) here, the rest by hypercorn with ``app``.
+
+    Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
+    hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
+    """
+    if config.ssl_enabled:
+        raise ValueError("liveloop serve does not terminate TLS")
+    config.set_statsd_logger_class(StatsdLogger)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        listeners: list[trio.SocketListener] = []
+        binds: list[str] = []
+        for sock in config.create_sockets().insecure_sockets:
+            sock.listen(config.backlog)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
+        task_status.started(binds)
+        await trio.serve_listeners(server.handle, listeners)
+
+
+class Server:
+    """Handles each accepted connection: see the module docstring."""
+
+    def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
+                 state: ConnectionState) -> None:
+        self._engines = engines
+        self._app = app
+        self._config = config
+        self._context = WorkerContext(None)
+        self._state = state
+
+    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
+        """Serve one connection; whatever goes wrong with it ends it alone."""
+        try:
+            await self._serve(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer went away
+        except Exception:
+            log.exception("connection failed")
+        finally:
+            await stream.aclose()
+
+    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        received = bytearray()
+        event: object = h11.NEED_DATA
+        with trio.move_on_after(self._config.keep_alive_timeout) as waiting:
+            while event is h11.NEED_DATA:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    return  # closed before a whole head
+                received += data
+                http.receive_data(bytes(data))
+                try:
+                    event = http.next_event()
+                except h11.RemoteProtocolError:
+                    break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
+        if waiting.cancelled_caught:
+            return  # as hypercorn's keep-alive timeout closes a silent connection
+        upgrade = _upgrade(http, event, self._engines)
+        if upgrade is not None:
+            engine, scope, key = upgrade
+            ws = FastWebSocket(stream, http, key, http.trailing_data[0],
+                               engine.settings.max_payload)
+            try:
+                await engine.serve_websocket(scope, ws)
+            finally:
+                await ws.shutdown()
+            return
+        server = TCPServer(self._app, self._config, self._context, self._state,
+                           _Replay(stream, bytes(received)))  # type: ignore[arg-type]
+        await server.run()
+
+
+def _upgrade(http: h11.Connection, event: object, engines: _Engines
+             ) -> tuple[EngineServer, Scope, bytes] | None:
+    """For a valid WebSocket handshake (RFC 6455 4.2.1, as hypercorn checks it) to one of
+    ``engines``' paths, with nothing after the head but frames: the engine, the
+    request's scope (path, query, headers) and the key. None for anything else."""
+    if not isinstance(event, h11.Request) or event.method != b"GET":
+        return None
+    if event.http_version != b"1.1":
+        return None
+    path, _, query_string = event.target.partition(b"?")
+    try:
+        path_text = unquote(path.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    engine = engines.get(path_text.rstrip("/"))
+    if engine is None:
+        return None
+    key: bytes | None = None
+    upgrade = version = b""
+    connection: list[bytes] = []
+    for name, value in event.headers:
+        if name == b"sec-websocket-key":
+            key = value
+        elif name == b"upgrade":
+            upgrade = value.lower()
+        elif name == b"sec-websocket-version":
+            version = value
+        elif name == b"connection":
+            connection.extend(token.strip().lower() for token in value.split(b","))
+    if key is None or upgrade != b"websocket" or version != b"13" or b"upgrade" not in connection:
+        return None
+    try:
+        if type(http.next_event()) is not h11.EndOfMessage or http.next_event() is not h11.PAUSED:
+            return None  # a body, say: hypercorn refuses it
+    except h11.RemoteProtocolError:
+        return None
+    scope: Scope = {
+        "type": "websocket",
+        "path": path_text,
+        "raw_path": path,
+        "query_string": query_string,
+        "headers": list(event.headers),
+    }
+    return engine, scope, key
+
+
+class FastWebSocket:
+    """An Engine.IO :class:`~liveloop.server.engine.WebSocket` on a TCP stream, framed
+    by :mod:`liveloop.wire.websocket`.
+
+    :meth:`receive` is called by one task (the reader), :meth:`send_frames` by another
+    (the writer); a lock keeps their writes (the reader answers pings and closes) whole.
+    """
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, http: h11.Connection,
+                 key: bytes, trailing: bytes, max_message: int) -> None:
+        self._stream = stream
+        self._http = http
+        self._key = key
+        self._trailing = trailing
+        self._decoder = wsframe.FrameDecoder(max_message)
+        self._lock = trio.Lock()
+        self._messages: deque[str | bytes] = deque()
+        self._reading = True
+        self._writing = True
+        self._close_sent = False
+
+    # -- the handshake ----------------------------------------------------------------
+
+    async def accept(self) -> None:
+        await self._write(self._http.send(h11.InformationalResponse(
+            status_code=101, reason=b"Switching Protocols", headers=[
+                (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+                (b"sec-websocket-accept", wsframe.accept_token(self._key)),
+            ])) or b"")
+
+    async def refuse(self) -> None:
+        self._reading = False
+        http = self._http
+        response = h11.Response(status_code=403, reason=b"Forbidden", headers=[
+            (b"content-length", b"0"), (b"connection", b"close")])
+        await self._write((http.send(response) or b"") + (http.send(h11.EndOfMessage()) or b""))
+        self._writing = False
+
+    # -- messages ---------------------------------------------------------------------
+
+    async def receive(self) -> str | bytes | None:
+        messages = self._messages
+        while not messages:
+            if not self._reading:
+                return None
+            data: bytes | bytearray
+            if self._trailing:
+                data, self._trailing = self._trailing, b""
+            else:
+                try:
+                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self._reading = False
+                    return None
+            reply = self._events(data)
+            if reply:
+                await self._write(reply)
+        return messages.popleft()
+
+    def _events(self, data: bytes | bytearray) -> bytes:
+        """Sort what the decoder found in ``data``: whole messages to
+        :attr:`_messages`; returns the control frames to send back (pong, close)."""
+        try:
+            events = self._decoder.feed(data)
+        except wsframe.WebSocketError as exc:
+            self._reading = False
+            return self._closing(exc.code)
+        reply = b""
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                self._messages.append(event)  # type: ignore[arg-type]
+            elif kind is wsframe.Ping:
+                if not self._close_sent:
+                    reply += wsframe.encode_pong(event.payload)  # type: ignore[union-attr]
+            elif kind is wsframe.Close:
+                # Answer with the same code, as the RFC asks; the socket is then done.
+                self._reading = False
+                return reply + self._closing(event.code)  # type: ignore[union-attr]
+        return reply
+
+    def _closing(self, code: int | None) -> bytes:
+        """The Close frame to send, unless one was sent already."""
+        if self._close_sent:
+            return b""
+        self._close_sent = True
+        return wsframe.encode_close(code)
+
+    async def send_frames(self, frames: Sequence[OutFrame]) -> None:
+        if self._close_sent:
+            return  # closing: what comes now is dropped
+        await self._write(wsframe.encode_messages(frames))
+
+    async def close(self, code: int) -> None:
+        await self._write(self._closing(code))
+
+    async def _write(self, data: bytes) -> None:
+        if not self._writing or not data:
+            return
+        lock = self._lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._writing = False  # the peer left; the reader will see it
+        finally:
+            lock.release()
+
+    async def shutdown(self) -> None:
+        """After the Engine.IO side is done: end our half of the TCP connection (the
+        caller closes the stream)."""
+        self._writing = self._reading = False
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                 trio.BusyResourceError):
+            await self._stream.send_eof()
+
+
+class _Replay(trio.abc.HalfCloseableStream):
+    """A connection handed to hypercorn: reads first return the bytes already taken."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, head: bytes) -> None:
+        self._stream = stream
+        self._head = head
+        self.socket = getattr(stream, "socket", None)
+        """hypercorn's TCPServer asks the socket for the peer's address."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        head = self._head
+        if not head:
+            return await self._stream.receive_some(max_bytes)
+        size = len(head) if max_bytes is None else max_bytes
+        self._head = head[size:]
+        await trio.lowlevel.checkpoint()
+        return head[:size]
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

@@ -1,0 +1,285 @@
+"""``liveloop serve``'s own WebSocket transport (:mod:`liveloop.server.fastws`).
+
+The handshake, framing and coalescing run on Trio's in-memory streams against an echoing
+Engine.IO server; the hand-over to hypercorn (polling, REST, anything not an Engine.IO
+WebSocket) on a real listener.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import h11
+import pytest
+import trio
+import trio.testing
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from liveloop.app import RootApp
+from liveloop.config import Settings
+from liveloop.conformance import EchoApp
+from liveloop.serve import hypercorn_config, serve
+from liveloop.server import EngineServer
+from liveloop.server.fastws import Server
+
+PATH = "/engine.io/"
+SETTINGS = Settings(bind="127.0.0.1:0", max_payload=1000, allowed_origins=("*",))
+WS = f"{PATH}?EIO=4&transport=websocket"
+
+
+class Recording(trio.abc.HalfCloseableStream):
+    """The server's end of a memory stream pair, counting its writes."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Client:
+    """A wsproto client on the other end."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.events: list[Event] = []
+
+    async def send(self, event: Event) -> None:
+        await self.stream.send_all(self.ws.send(event))
+
+    async def next(self) -> Event:
+        while not self.events:
+            data = await self.stream.receive_some(65536)
+            self.ws.receive_data(data or None)
+            self.events.extend(self.ws.events())
+        return self.events.pop(0)
+
+    async def open(self, target: str = WS, origin: str | None = None) -> Event:
+        headers = [] if origin is None else [(b"origin", origin.encode())]
+        await self.send(Request(host="test", target=target, extra_headers=headers))
+        return await self.next()
+
+    async def text(self) -> str:
+        event = await self.next()
+        assert isinstance(event, TextMessage), event
+        return event.data
+
+
+@pytest.fixture
+async def engine(nursery: trio.Nursery) -> AsyncIterator[EngineServer]:
+    server = EngineServer(SETTINGS, EchoApp)
+    await nursery.start(server.run)
+    yield server
+
+
+@pytest.fixture
+async def connect(nursery: trio.Nursery, engine: EngineServer
+                  ) -> AsyncIterator[tuple[Client, Recording]]:
+    """A client connected to :class:`Server` over memory streams."""
+    app = RootApp({PATH: engine}, None)
+    config = hypercorn_config(SETTINGS)
+    server = Server({PATH.rstrip("/"): engine}, wrap_app(app, config.wsgi_max_body_size, None),
+                    config, ConnectionState({}))
+    client_end, server_end = trio.testing.memory_stream_pair()
+    recording = Recording(server_end)
+    nursery.start_soon(server.handle, recording)
+    yield Client(client_end), recording
+
+
+async def opened(client: Client) -> str:
+    assert isinstance(await client.open(), AcceptConnection)
+    text = await client.text()
+    assert text.startswith("0")
+    return str(json.loads(text[1:])["sid"])
+
+
+async def test_handshake_then_echo(connect: tuple[Client, Recording]) -> None:
+    client, _ = connect
+    await opened(client)
+    await client.send(TextMessage(data="4hello"))
+    assert await client.text() == "4hello"
+    await client.send(BytesMessage(data=b"\x01\x02"))
+    event = await client.next()
+    assert isinstance(event, BytesMessage) and event.data == b"\x01\x02"
+
+
+async def test_frames_split_across_reads_and_fragmented(
+        connect: tuple[Client, Recording]) -> None:
+    client, _ = connect
+    await opened(client)
+    raw = client.ws.send(TextMessage(data="4ab", message_finished=False))
+    raw += client.ws.send(TextMessage(data="cd", message_finished=True))
+    for i in range(len(raw)):  # a byte at a time
+        await client.stream.send_all(raw[i:i + 1])
+    assert await client.text() == "4abcd"
+
+
+async def test_queued_packets_leave_in_one_write(
+        connect: tuple[Client, Recording], engine: EngineServer) -> None:
+    client, recording = connect
+    sid = await opened(client)
+    before = len(recording.writes)
+    engine.sessions[sid].send_packets(["4one", "4two", b"\x03"])
+    assert [await client.text(), await client.text()] == ["4one", "4two"]
+    assert isinstance(await client.next(), BytesMessage)
+    assert len(recording.writes) == before + 1
+
+
+async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServer) -> None:
+    strict = EngineServer(Settings(allowed_origins=("https://ok.example",)), EchoApp)
+    await nursery.start(strict.run)
+    config = hypercorn_config(SETTINGS)
+    server = Server({PATH.rstrip("/"): strict},
+                    wrap_app(RootApp({PATH: strict}, None), 0, None), config,
+                    ConnectionState({}))
+    client_end, server_end = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.handle, server_end)
+    event = await Client(client_end).open(origin="https://evil.example")
+    assert isinstance(event, RejectConnection) and event.status_code == 403
+    assert not strict.sessions
+
+
+@pytest.mark.parametrize("target", [f"{PATH}?EIO=3&transport=websocket",
+                                    f"{PATH}?EIO=4&transport=polling",
+                                    f"{PATH}?EIO=4&transport=websocket&sid=nope"])
+async def test_bad_query_gets_403(connect: tuple[Client, Recording], target: str) -> None:
+    client, _ = connect
+    event = await client.open(target)
+    assert isinstance(event, RejectConnection) and event.status_code == 403
+
+
+async def test_ping_is_answered(connect: tuple[Client, Recording]) -> None:
+    client, _ = connect
+    await opened(client)
+    await client.send(Ping(payload=b"x"))
+    event = await client.next()
+    assert isinstance(event, Pong) and event.payload == b"x"
+
+
+async def test_client_close_is_answered_and_ends_the_session(
+        connect: tuple[Client, Recording], engine: EngineServer) -> None:
+    client, _ = connect
+    session = engine.sessions[await opened(client)]
+    await client.send(CloseConnection(code=1000))
+    event = await client.next()
+    assert isinstance(event, CloseConnection) and event.code == 1000
+    with trio.fail_after(5):
+        await session.closed_event.wait()
+    assert session.close_reason == "transport close"
+
+
+async def test_message_over_max_payload_closes(
+        connect: tuple[Client, Recording], engine: EngineServer) -> None:
+    client, _ = connect
+    sid = await opened(client)
+    session = engine.sessions[sid]
+    await client.send(TextMessage(data="4" + "x" * 600, message_finished=False))
+    await client.send(TextMessage(data="x" * 600, message_finished=True))
+    event = await client.next()
+    assert isinstance(event, CloseConnection) and event.code == 1009
+    with trio.fail_after(5):
+        await session.closed_event.wait()
+
+
+async def test_engine_io_close_packet(connect: tuple[Client, Recording],
+                                      engine: EngineServer) -> None:
+    client, _ = connect
+    sid = await opened(client)
+    session = engine.sessions[sid]
+    await client.send(TextMessage(data="1"))
+    event = await client.next()
+    assert isinstance(event, CloseConnection) and event.code == 1000
+    assert session.closed
+
+
+# -- through a real listener: the hand-over to hypercorn ----------------------------------
+
+
+async def raw_request(url: str, request: bytes) -> tuple[int, bytes]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request)
+        conn = h11.Connection(h11.CLIENT)
+        status, body = 0, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return status, body
+
+
+@pytest.fixture
+async def url(nursery: trio.Nursery) -> str:
+    engine = EngineServer(SETTINGS, EchoApp)
+    app = RootApp({PATH: engine}, None)
+    urls: list[str] = await nursery.start(serve, app, SETTINGS)
+    return urls[0]
+
+
+async def test_polling_goes_to_hypercorn(url: str) -> None:
+    with trio.fail_after(10):
+        status, body = await raw_request(
+            url, f"GET {PATH}?EIO=4&transport=polling HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert status == 200 and body.startswith(b"0{")
+
+
+async def test_websocket_elsewhere_goes_to_hypercorn(url: str) -> None:
+    request = (b"GET /other/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    with trio.fail_after(10):
+        status, _ = await raw_request(url, request)
+    assert status == 403  # RootApp refuses it, through hypercorn's ASGI
+
+
+async def test_head_over_16_kib_is_refused(url: str) -> None:
+    request = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    with trio.fail_after(10):
+        status, _ = await raw_request(url, request)
+    assert status >= 400
+
+
+async def test_websocket_over_tcp(url: str) -> None:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    client = Client(await trio.open_tcp_stream(host, int(port)))
+    with trio.fail_after(10):
+        await opened(client)
+        await client.send(TextMessage(data="4over tcp"))
+        assert await client.text() == "4over tcp"
+    await client.stream.aclose()
