@@ -34,7 +34,7 @@ from liveloop.app import RootApp
 from liveloop.config import Settings
 from liveloop.conformance import EchoApp
 from liveloop.serve import hypercorn_config, serve
-from liveloop.server import EngineServer
+from liveloop.server import EngineServer, fastws
 from liveloop.server.fastws import Server
 
 PATH = "/engine.io/"
@@ -42,28 +42,24 @@ SETTINGS = Settings(bind="127.0.0.1:0", max_payload=1000, allowed_origins=("*",)
 WS = f"{PATH}?EIO=4&transport=websocket"
 
 
-class Recording(trio.abc.HalfCloseableStream):
-    """The server's end of a memory stream pair, counting its writes."""
+class Writes:
+    """Counts the server's writes to its sockets (``fastws._write``)."""
 
-    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
-        self.inner = inner
-        self.writes: list[bytes] = []
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = fastws._write
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.writes.append(bytes(data))
-        await self.inner.send_all(data)
+        def counting(fd: int, data: bytes) -> int:
+            self.count += 1
+            return real(fd, data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
+        monkeypatch.setattr(fastws, "_write", counting)
 
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ends of a connected pair of real sockets (the transport writes to the fd)."""
+    one, two = trio.socket.socketpair()
+    return trio.SocketStream(one), trio.SocketStream(two)
 
 
 class Client:
@@ -90,9 +86,14 @@ class Client:
         return await self.next()
 
     async def text(self) -> str:
-        event = await self.next()
-        assert isinstance(event, TextMessage), event
-        return event.data
+        """The next text message, whole (wsproto hands large ones over in pieces)."""
+        parts: list[str] = []
+        while True:
+            event = await self.next()
+            assert isinstance(event, TextMessage), event
+            parts.append(event.data)
+            if event.message_finished:
+                return "".join(parts)
 
 
 @pytest.fixture
@@ -103,17 +104,17 @@ async def engine(nursery: trio.Nursery) -> AsyncIterator[EngineServer]:
 
 
 @pytest.fixture
-async def connect(nursery: trio.Nursery, engine: EngineServer
-                  ) -> AsyncIterator[tuple[Client, Recording]]:
-    """A client connected to :class:`Server` over memory streams."""
+async def connect(nursery: trio.Nursery, engine: EngineServer,
+                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Client, Writes]]:
+    """A client connected to :class:`Server` over a socket pair."""
     app = RootApp({PATH: engine}, None)
     config = hypercorn_config(SETTINGS)
     server = Server({PATH.rstrip("/"): engine}, wrap_app(app, config.wsgi_max_body_size, None),
                     config, ConnectionState({}))
-    client_end, server_end = trio.testing.memory_stream_pair()
-    recording = Recording(server_end)
-    nursery.start_soon(server.handle, recording)
-    yield Client(client_end), recording
+    writes = Writes(monkeypatch)
+    client_end, server_end = socket_pair()
+    nursery.start_soon(server.handle, server_end)
+    yield Client(client_end), writes
 
 
 async def opened(client: Client) -> str:
@@ -123,7 +124,7 @@ async def opened(client: Client) -> str:
     return str(json.loads(text[1:])["sid"])
 
 
-async def test_handshake_then_echo(connect: tuple[Client, Recording]) -> None:
+async def test_handshake_then_echo(connect: tuple[Client, Writes]) -> None:
     client, _ = connect
     await opened(client)
     await client.send(TextMessage(data="4hello"))
@@ -134,7 +135,7 @@ async def test_handshake_then_echo(connect: tuple[Client, Recording]) -> None:
 
 
 async def test_frames_split_across_reads_and_fragmented(
-        connect: tuple[Client, Recording]) -> None:
+        connect: tuple[Client, Writes]) -> None:
     client, _ = connect
     await opened(client)
     raw = client.ws.send(TextMessage(data="4ab", message_finished=False))
@@ -145,14 +146,16 @@ async def test_frames_split_across_reads_and_fragmented(
 
 
 async def test_queued_packets_leave_in_one_write(
-        connect: tuple[Client, Recording], engine: EngineServer) -> None:
-    client, recording = connect
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
+    client, writes = connect
     sid = await opened(client)
-    before = len(recording.writes)
+    # The session task is asleep: packets queued by another task wake it to write them.
+    await trio.testing.wait_all_tasks_blocked()
+    before = writes.count
     engine.sessions[sid].send_packets(["4one", "4two", b"\x03"])
     assert [await client.text(), await client.text()] == ["4one", "4two"]
     assert isinstance(await client.next(), BytesMessage)
-    assert len(recording.writes) == before + 1
+    assert writes.count == before + 1
 
 
 async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServer) -> None:
@@ -162,7 +165,7 @@ async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServ
     server = Server({PATH.rstrip("/"): strict},
                     wrap_app(RootApp({PATH: strict}, None), 0, None), config,
                     ConnectionState({}))
-    client_end, server_end = trio.testing.memory_stream_pair()
+    client_end, server_end = socket_pair()
     nursery.start_soon(server.handle, server_end)
     event = await Client(client_end).open(origin="https://evil.example")
     assert isinstance(event, RejectConnection) and event.status_code == 403
@@ -172,13 +175,13 @@ async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServ
 @pytest.mark.parametrize("target", [f"{PATH}?EIO=3&transport=websocket",
                                     f"{PATH}?EIO=4&transport=polling",
                                     f"{PATH}?EIO=4&transport=websocket&sid=nope"])
-async def test_bad_query_gets_403(connect: tuple[Client, Recording], target: str) -> None:
+async def test_bad_query_gets_403(connect: tuple[Client, Writes], target: str) -> None:
     client, _ = connect
     event = await client.open(target)
     assert isinstance(event, RejectConnection) and event.status_code == 403
 
 
-async def test_ping_is_answered(connect: tuple[Client, Recording]) -> None:
+async def test_ping_is_answered(connect: tuple[Client, Writes]) -> None:
     client, _ = connect
     await opened(client)
     await client.send(Ping(payload=b"x"))
@@ -187,7 +190,7 @@ async def test_ping_is_answered(connect: tuple[Client, Recording]) -> None:
 
 
 async def test_client_close_is_answered_and_ends_the_session(
-        connect: tuple[Client, Recording], engine: EngineServer) -> None:
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
     client, _ = connect
     session = engine.sessions[await opened(client)]
     await client.send(CloseConnection(code=1000))
@@ -199,7 +202,7 @@ async def test_client_close_is_answered_and_ends_the_session(
 
 
 async def test_message_over_max_payload_closes(
-        connect: tuple[Client, Recording], engine: EngineServer) -> None:
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
     client, _ = connect
     sid = await opened(client)
     session = engine.sessions[sid]
@@ -211,7 +214,7 @@ async def test_message_over_max_payload_closes(
         await session.closed_event.wait()
 
 
-async def test_engine_io_close_packet(connect: tuple[Client, Recording],
+async def test_engine_io_close_packet(connect: tuple[Client, Writes],
                                       engine: EngineServer) -> None:
     client, _ = connect
     sid = await opened(client)
@@ -283,3 +286,31 @@ async def test_websocket_over_tcp(url: str) -> None:
         await client.send(TextMessage(data="4over tcp"))
         assert await client.text() == "4over tcp"
     await client.stream.aclose()
+
+
+async def test_a_slow_reader_is_flushed_in_order_when_it_reads_again(
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
+    client, _ = connect
+    session = engine.sessions[await opened(client)]
+    await trio.testing.wait_all_tasks_blocked()
+    # More than the kernel holds: some bytes wait in the transport, later packets in the
+    # outbox, and nothing is lost or reordered once the client reads.
+    sent = [f"4{index:04d}" + "x" * 20_000 for index in range(40)]
+    for frame in sent:
+        session.send_packets([frame])
+        await trio.testing.wait_all_tasks_blocked()
+    assert not session.closed
+    assert [await client.text() for _ in sent] == sent
+
+
+async def test_a_reader_that_never_reads_is_closed_at_the_outbox_bound(
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
+    client, _ = connect
+    session = engine.sessions[await opened(client)]
+    await trio.testing.wait_all_tasks_blocked()
+    for _ in range(SETTINGS.outbox_size + 100):
+        session.send_packets(["4" + "x" * 20_000])
+        await trio.testing.wait_all_tasks_blocked()
+        if session.closed:
+            break
+    assert session.close_reason == "outbox overflow"

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -21,7 +21,14 @@ from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
-from .session import FLUSH_GRACE, EngineSession, OutFrame, SessionApp, SessionClosed
+from .session import (
+    FLUSH_GRACE,
+    DirectWriter,
+    EngineSession,
+    OutFrame,
+    SessionApp,
+    SessionClosed,
+)
 from .sockets import new_id
 
 log = logging.getLogger(__name__)
@@ -288,15 +295,21 @@ class EngineServer:
             session.upgrading = session.probed = False
 
     async def _websocket_loop(self, session: EngineSession, ws: WebSocket) -> None:
-        """Read in this task, write in a child, until the session closes; then the
-        writer has a moment to flush (CLOSE included), even if the client stopped
-        reading."""
+        """Read in this task until the session closes; then what it queued last has a
+        moment to leave (CLOSE included), even if the client stopped reading.
+
+        A :class:`DirectWebSocket` is written by the session task itself; any other
+        by a writer task here."""
+        direct = ws if isinstance(ws, DirectWebSocket) else None
         async with trio.open_nursery() as nursery:
             flushing = trio.CancelScope()
-            nursery.start_soon(_websocket_writer, session, ws, flushing)
+            if direct is not None:
+                direct.start(nursery, session.outbox)
+            else:
+                nursery.start_soon(_websocket_writer, session, ws, flushing)
             try:
                 with trio.CancelScope() as reading:
-                    session.attach(reading, flushing)
+                    session.attach(reading, flushing, direct)
                     await self._websocket_reader(session, ws)
                     # The client closed or went away: what it sent before is still
                     # served (a DISCONNECT, say), then the session closes.
@@ -305,6 +318,11 @@ class EngineServer:
                         await session.closed_event.wait()
             finally:
                 session.close(session.close_reason or "transport close")
+                if direct is not None:
+                    direct.stop()
+        if direct is not None:
+            with trio.move_on_after(FLUSH_GRACE):
+                await direct.finish(1000)
 
     async def _websocket_reader(self, session: EngineSession, ws: WebSocket) -> None:
         limit = self._max
@@ -350,6 +368,23 @@ class WebSocket(Protocol):
 
     async def close(self, code: int) -> None:
         """Start the closing handshake with ``code``."""
+
+
+@runtime_checkable
+class DirectWebSocket(WebSocket, DirectWriter, Protocol):
+    """A :class:`WebSocket` that the session task writes to itself, without waiting
+    (see :class:`~.session.DirectWriter`); its transport has no writer task."""
+
+    def start(self, nursery: trio.Nursery, outbox: trio.MemoryReceiveChannel[OutFrame]
+              ) -> None:
+        """The session's socket from now on: send what ``outbox`` holds; tasks the
+        transport needs (to flush what the kernel would not take) go in ``nursery``."""
+
+    def stop(self) -> None:
+        """The session has closed: stop any task of the transport's in the nursery."""
+
+    async def finish(self, code: int) -> None:
+        """Send what is left (pending, and in the outbox), then a Close with ``code``."""
 
 
 class ASGIWebSocket:

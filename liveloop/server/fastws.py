@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Sequence
+from os import read as _read
+from os import write as _write
 from typing import Any
 from urllib.parse import unquote
 
@@ -116,7 +117,7 @@ class Server:
         if waiting.cancelled_caught:
             return  # as hypercorn's keep-alive timeout closes a silent connection
         upgrade = _upgrade(http, event, self._engines)
-        if upgrade is not None:
+        if upgrade is not None and isinstance(stream, trio.SocketStream):
             engine, scope, key = upgrade
             ws = FastWebSocket(stream, http, key, http.trailing_data[0],
                                engine.settings.max_payload)
@@ -177,22 +178,33 @@ def _upgrade(http: h11.Connection, event: object, engines: _Engines
 
 
 class FastWebSocket:
-    """An Engine.IO :class:`~liveloop.server.engine.WebSocket` on a TCP stream, framed
-    by :mod:`liveloop.wire.websocket`.
+    """An Engine.IO :class:`~liveloop.server.engine.DirectWebSocket` on a TCP socket,
+    framed by :mod:`liveloop.wire.websocket`.
 
-    :meth:`receive` is called by one task (the reader), :meth:`send_frames` by another
-    (the writer); a lock keeps their writes (the reader answers pings and closes) whole.
+    Reads wait for the socket to be readable, then take what the kernel holds: one
+    system call per arrival, however many frames it carries. Writes are attempted at
+    once, without waiting: what the kernel does not take stays in :attr:`_pending`, and
+    a flusher task (started in the connection's nursery, see :meth:`start`) sends it
+    when the socket is writable. While bytes are pending the transport is not
+    :attr:`idle`: the session then leaves its packets in its outbox, whose bound is
+    what a slow reader may cost, and the flusher takes them once the kernel has taken
+    the rest.
     """
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, http: h11.Connection,
+    def __init__(self, stream: trio.SocketStream, http: h11.Connection,
                  key: bytes, trailing: bytes, max_message: int) -> None:
         self._stream = stream
-        self._http = http
+        self._fd = stream.socket.fileno()
+        self._http: h11.Connection | None = http
         self._key = key
         self._trailing = trailing
         self._decoder = wsframe.FrameDecoder(max_message)
-        self._lock = trio.Lock()
-        self._messages: deque[str | bytes] = deque()
+        self._messages: list[str | bytes] = []
+        self._next = 0
+        self._pending = bytearray()
+        self._outbox: trio.MemoryReceiveChannel[OutFrame] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._flusher: trio.CancelScope | None = None
         self._reading = True
         self._writing = True
         self._close_sent = False
@@ -200,64 +212,74 @@ class FastWebSocket:
     # -- the handshake ----------------------------------------------------------------
 
     async def accept(self) -> None:
-        await self._write(self._http.send(h11.InformationalResponse(
+        http, self._http = self._http, None  # done with HTTP: its buffers go now
+        assert http is not None
+        self._write_now(http.send(h11.InformationalResponse(
             status_code=101, reason=b"Switching Protocols", headers=[
                 (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
                 (b"sec-websocket-accept", wsframe.accept_token(self._key)),
             ])) or b"")
+        await self._drain()
 
     async def refuse(self) -> None:
         self._reading = False
-        http = self._http
+        http, self._http = self._http, None
+        assert http is not None
         response = h11.Response(status_code=403, reason=b"Forbidden", headers=[
             (b"content-length", b"0"), (b"connection", b"close")])
-        await self._write((http.send(response) or b"") + (http.send(h11.EndOfMessage()) or b""))
+        self._write_now((http.send(response) or b"") + (http.send(h11.EndOfMessage()) or b""))
+        await self._drain()
         self._writing = False
 
-    # -- messages ---------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------
 
     async def receive(self) -> str | bytes | None:
         messages = self._messages
-        while not messages:
+        while self._next == len(messages):
+            messages.clear()
+            self._next = 0
             if not self._reading:
                 return None
-            data: bytes | bytearray
+            data: bytes
             if self._trailing:
                 data, self._trailing = self._trailing, b""
             else:
+                await trio.lowlevel.wait_readable(self._fd)
                 try:
-                    data = await self._stream.receive_some(_RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = _read(self._fd, _RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
                     data = b""
                 if not data:
                     self._reading = False
                     return None
-            reply = self._events(data)
-            if reply:
-                await self._write(reply)
-        return messages.popleft()
+            self._events(data)
+        message = messages[self._next]
+        self._next += 1
+        return message
 
-    def _events(self, data: bytes | bytearray) -> bytes:
+    def _events(self, data: bytes) -> None:
         """Sort what the decoder found in ``data``: whole messages to
-        :attr:`_messages`; returns the control frames to send back (pong, close)."""
+        :attr:`_messages`; pings and closes answered."""
         try:
             events = self._decoder.feed(data)
         except wsframe.WebSocketError as exc:
             self._reading = False
-            return self._closing(exc.code)
-        reply = b""
+            self._write_now(self._closing(exc.code))
+            return
         for event in events:
             kind = type(event)
             if kind is str or kind is bytes:
                 self._messages.append(event)  # type: ignore[arg-type]
             elif kind is wsframe.Ping:
                 if not self._close_sent:
-                    reply += wsframe.encode_pong(event.payload)  # type: ignore[union-attr]
+                    self._write_now(wsframe.encode_pong(event.payload))  # type: ignore[union-attr]
             elif kind is wsframe.Close:
                 # Answer with the same code, as the RFC asks; the socket is then done.
                 self._reading = False
-                return reply + self._closing(event.code)  # type: ignore[union-attr]
-        return reply
+                self._write_now(self._closing(event.code))  # type: ignore[union-attr]
+                return
 
     def _closing(self, code: int | None) -> bytes:
         """The Close frame to send, unless one was sent already."""
@@ -266,36 +288,119 @@ class FastWebSocket:
         self._close_sent = True
         return wsframe.encode_close(code)
 
-    async def send_frames(self, frames: Sequence[OutFrame]) -> None:
+    # -- writing ----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`write_now` would go straight to the kernel."""
+        return not self._pending and self._writing
+
+    def write_now(self, frames: Sequence[OutFrame]) -> None:
         if self._close_sent:
             return  # closing: what comes now is dropped
-        await self._write(wsframe.encode_messages(frames))
+        self._write_now(wsframe.encode_messages(frames))
+
+    async def send_frames(self, frames: Sequence[OutFrame]) -> None:
+        self.write_now(frames)
+        await self._drain()
 
     async def close(self, code: int) -> None:
-        await self._write(self._closing(code))
+        self._write_now(self._closing(code))
+        await self._drain()
 
-    async def _write(self, data: bytes) -> None:
+    def _write_now(self, data: bytes) -> None:
         if not self._writing or not data:
             return
-        lock = self._lock
+        if self._pending:
+            self._pending += data  # behind what waits already; only small control frames
+            return
         try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._writing = False  # the peer left; the reader will see it
-        finally:
-            lock.release()
+            sent = _write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._gone()
+            return
+        if sent < len(data):
+            self._pending += data[sent:]
+            if self._nursery is not None and self._flusher is None:
+                self._flusher = trio.CancelScope()
+                self._nursery.start_soon(self._flush, self._flusher)
+
+    def _gone(self) -> None:
+        """The peer is gone: nothing more can be written; the reader will see it."""
+        self._writing = False
+        self._pending.clear()
+
+    async def _drain(self) -> None:
+        """Wait until the kernel has taken every pending byte (or the peer is gone)."""
+        pending = self._pending
+        while pending and self._writing:
+            await trio.lowlevel.wait_writable(self._fd)
+            try:
+                sent = _write(self._fd, pending)
+            except BlockingIOError:
+                continue
+            except OSError:
+                self._gone()
+                return
+            del pending[:sent]
+
+    async def _flush(self, scope: trio.CancelScope) -> None:
+        """The flusher: send what is pending, then what the session queued meanwhile,
+        until nothing is left."""
+        with scope:
+            while self._pending and self._writing:
+                await self._drain()
+                frames = _take(self._outbox)
+                if frames and not self._close_sent:
+                    self._pending += wsframe.encode_messages(frames)
+        self._flusher = None
+
+    def start(self, nursery: trio.Nursery, outbox: trio.MemoryReceiveChannel[OutFrame]
+              ) -> None:
+        """Serve ``outbox`` (a session's): flushers start in ``nursery``. Sends what it
+        holds already (queued before the socket was attached)."""
+        self._nursery = nursery
+        self._outbox = outbox
+        frames = _take(outbox)
+        if frames:
+            self.write_now(frames)
+
+    def stop(self) -> None:
+        """Stop the flusher, if one runs; :meth:`finish` takes over."""
+        self._nursery = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+
+    async def finish(self, code: int) -> None:
+        """After the session has closed and the flusher stopped: send what is pending
+        and what the outbox still holds, then a Close frame with ``code``."""
+        frames = _take(self._outbox)
+        if frames:
+            self.write_now(frames)
+        self._write_now(self._closing(code))
+        await self._drain()
 
     async def shutdown(self) -> None:
         """After the Engine.IO side is done: end our half of the TCP connection (the
         caller closes the stream)."""
         self._writing = self._reading = False
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                                 trio.BusyResourceError):
+                                 trio.BusyResourceError, OSError):
             await self._stream.send_eof()
+
+
+def _take(outbox: trio.MemoryReceiveChannel[OutFrame] | None) -> list[OutFrame]:
+    """Everything ``outbox`` holds now."""
+    frames: list[OutFrame] = []
+    if outbox is not None:
+        try:
+            while True:
+                frames.append(outbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            pass
+    return frames
 
 
 class _Replay(trio.abc.HalfCloseableStream):

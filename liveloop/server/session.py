@@ -49,6 +49,20 @@ FLUSH_GRACE = 1.0
 _BURST = 64
 
 
+class DirectWriter(Protocol):
+    """A transport that the session task writes to itself, at each pause (see
+    :meth:`EngineSession.attach`), rather than through a writer task."""
+
+    @property
+    def idle(self) -> bool:
+        """Whether :meth:`write_now` would hand its bytes straight to the kernel. When
+        not, the session leaves its packets in the outbox, and the transport takes
+        them from there once it can."""
+
+    def write_now(self, frames: Sequence[OutFrame]) -> None:
+        """Send these packets, in order, without waiting."""
+
+
 class SessionApp(Protocol):
     """What runs on top of an Engine.IO session (Socket.IO, or the raw echo)."""
 
@@ -114,6 +128,7 @@ class EngineSession:
         self._deadline_reason = ""
         self._sleeping: trio.CancelScope | None = None
         self._transport_scopes: tuple[trio.CancelScope, trio.CancelScope] | None = None
+        self._direct: DirectWriter | None = None
         self._scope = trio.CancelScope()
         self.polling_get: trio.CancelScope | None = None
         """The cancel scope of the GET request that waits on the outbox, if any."""
@@ -137,6 +152,8 @@ class EngineSession:
             return
         for frame in frames:
             self._outbox_send.send_nowait(frame)
+        if self._sleeping is not None and self._direct is not None:
+            self._sleeping.cancel()  # from another task: the session task writes them
 
     def send_frame(self, frame: OutFrame) -> None:
         """:meth:`send_packets` for a single packet, without building a list."""
@@ -146,6 +163,8 @@ class EngineSession:
             self.close("outbox overflow")
             return
         self._outbox_send.send_nowait(frame)
+        if self._sleeping is not None and self._direct is not None:
+            self._sleeping.cancel()  # from another task: the session task writes it
 
     def post(self, message: object) -> None:
         """Hand ``message`` to the app's ``on_post`` in the session task; never waits.
@@ -225,10 +244,16 @@ class EngineSession:
         Call from the session task (the app's ``on_open`` and handlers)."""
         self._deadline, self._deadline_reason = when, reason
 
-    def attach(self, reading: trio.CancelScope, flushing: trio.CancelScope) -> None:
+    def attach(self, reading: trio.CancelScope, flushing: trio.CancelScope,
+               direct: DirectWriter | None = None) -> None:
         """A WebSocket serves this session: on close, stop ``reading`` at once and give
-        ``flushing`` (the writer) ``FLUSH_GRACE`` seconds to send what is queued."""
+        ``flushing`` (the writer) ``FLUSH_GRACE`` seconds to send what is queued.
+
+        With ``direct``, this task writes to it whatever the outbox holds each time it
+        has nothing left to handle: packets an event produces leave in one write, with
+        no task switch on the way."""
         self._transport_scopes = (reading, flushing)
+        self._direct = direct
         if self.closed:
             self._stop_transport()
 
@@ -274,6 +299,8 @@ class EngineSession:
             try:
                 item = mailbox.receive_nowait()
             except trio.WouldBlock:
+                if self._direct is not None:
+                    self._write_direct(self._direct)
                 with trio.move_on_at(self._wake_at()) as sleeping:
                     self._sleeping = sleeping
                     item = await mailbox.receive()
@@ -286,6 +313,8 @@ class EngineSession:
                 handled += 1
                 if handled % _BURST == 0:
                     # A busy connection still lets others run, and its timers fire.
+                    if self._direct is not None:
+                        self._write_direct(self._direct)
                     await trio.lowlevel.checkpoint()
                     self._timers()
             if isinstance(item, _Incoming):
@@ -302,6 +331,19 @@ class EngineSession:
             else:
                 self._posted -= 1
                 await self.app.on_post(item.message)
+
+    def _write_direct(self, direct: DirectWriter) -> None:
+        if not direct.idle:
+            return  # the transport takes them from the outbox when it can
+        outbox = self.outbox
+        frames: list[OutFrame] = []
+        try:
+            while True:
+                frames.append(outbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass
+        if frames:
+            direct.write_now(frames)
 
     def _timers(self) -> None:
         now = trio.current_time()
