@@ -7,10 +7,13 @@ Who sends what, and through which channel:
   :class:`Withdraw`; a room's end -> matchmaker: :class:`RoomClosed`.
 - connection or matchmaker -> room (``await send`` on the room's bounded inbox; a room
   never blocks, so the inbox drains at CPU speed; once the room has ended the send fails
-  at once and the sender drops the message): :class:`Forward`, :class:`Hangup`.
+  at once and the sender drops the message): :class:`Hangup`.
 - matchmaker or room -> connection (``socket.post``, which never blocks; a connection
   whose mailbox is full is disconnected by the server layer): :class:`Matched`,
-  :class:`Refused`, :class:`Deliver`, :class:`RoomEnded`.
+  :class:`Refused`, :class:`RoomEnded`.
+- connection -> its partner's connection, while both are in one room (``socket.post``):
+  :class:`Deliver`, a relayed event. A room's members are fixed for its life, so the
+  sender reaches its partner without a hop through the room's task.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import attrs
 import trio
 
 from .errors import ErrorCode
-from .events import Relayed
 from .server.api import Socket
 
 
@@ -87,14 +89,6 @@ MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed
 
 
 @attrs.frozen
-class Forward:
-    """Relay a validated, target-checked event from member ``sender`` to the partner."""
-
-    sender: str
-    event: Relayed
-
-
-@attrs.frozen
 class Hangup:
     """Member ``sender`` leaves: the room ends and the partner is told."""
 
@@ -102,7 +96,7 @@ class Hangup:
     reason: HangupReason
 
 
-RoomMessage = Forward | Hangup
+RoomMessage = Hangup
 
 
 # -- to a connection (socket.post) -----------------------------------------------------

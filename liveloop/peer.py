@@ -42,7 +42,6 @@ from .messages import (
     Avoid,
     Deliver,
     Enqueue,
-    Forward,
     Hangup,
     HangupReason,
     Matched,
@@ -54,6 +53,7 @@ from .messages import (
     Withdraw,
 )
 from .ratelimit import RateLimiter
+from .room import relayed
 from .server.api import JSON, Ack, Socket
 from .status import Snapshot
 
@@ -211,8 +211,16 @@ class Peer:
         call = self._check_target(payload.room_id, payload.target)
         if isinstance(payload, NewMessage):
             self._check_rate(events.NEW_MESSAGE)
-        if not await self._tell_room(call, Forward(self._sid, payload)):
+        if call.inbox.statistics().open_receive_channels == 0:
+            # The room has ended; its RoomEnded is on its way to us.
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "the call has ended")
+        assert self._member is not None  # set when this peer queued for the call
+        deliver = relayed(payload, call.room_id, self._member)
+        call.partner.socket.post(deliver)
+        if isinstance(payload, NewMessage):
+            # Our own copy through our mailbox: it follows this event's ack, as the
+            # partner's does.
+            self._socket.post(deliver)
 
     # -- server messages ---------------------------------------------------------------
 

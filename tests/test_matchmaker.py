@@ -9,7 +9,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from liveloop.messages import Enqueue, Member, Withdraw
+from liveloop.messages import Enqueue, HangupReason, Member, Withdraw
 from liveloop.pairing import Lobby
 from liveloop.room import Room
 from tests.fakes import FakeSocket, open_world
@@ -213,26 +213,27 @@ async def test_matchmaker_crash_propagates(monkeypatch: pytest.MonkeyPatch,
 
 async def test_room_crash_is_contained(nursery: trio.Nursery, clock: MockClock,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Room._relay
+    original = Room.handle
 
-    def fragile(self: Room, message: Any, sender: Any, partner: Any) -> None:
-        if getattr(message.event, "message", None) == "crash":
+    def fragile(self: Room, message: Any) -> None:
+        if message.reason is HangupReason.STOP:
             raise RuntimeError("room bug")
-        original(self, message, sender, partner)
+        original(self, message)
 
-    monkeypatch.setattr(Room, "_relay", fragile)
+    monkeypatch.setattr(Room, "handle", fragile)
     world = await open_world(nursery)
     a, b, room = await world.pair()
     c, d, _ = await world.pair("Cy", "Di")
-    assert await world.ask(a, "newMessage", {"message": "crash"}) == {"ok": True}
-    # Both told, both re-queued (and, being the only ones waiting, paired anew).
-    assert b.names() == ["match-done", "stop-by-remote-user", "match-done"]
-    assert a.names() == ["match-done", "stop-by-remote-user", "match-done"]
-    assert a.received("match-done")[1]["roomId"] != room
+    assert await world.ask(a, "stop-call", {"roomId": room}) == {"ok": True}
+    # The room failed on the hang-up: both are told it ended; the one who did not hang
+    # up is re-queued, as if the other had left.
+    assert b.names() == ["match-done", "stop-by-remote-user"]
+    assert a.names() == ["match-done"]
     # The other room goes on.
     assert await world.ask(c, "newMessage", {"message": "still here"}) == {"ok": True}
     assert d.received("Message:recived") == [{"from": c.sid, "message": "still here"}]
-    assert world.service.status()["rooms"] == {"active": 2, "total": 3}
+    assert world.service.status()["rooms"] == {"active": 1, "total": 2}
+    assert world.service.status()["queue"]["size"] == 1
 
 
 async def test_status_counts_and_hides_ids(nursery: trio.Nursery, clock: MockClock) -> None:

@@ -1,4 +1,5 @@
-"""The room actor on its own: relays, hang-ups, strangers, failure."""
+"""The room actor on its own (hang-ups, strangers, failure), and the payloads relayed
+between its members."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from liveloop.events import (
     SendIceCandidates,
     SessionDescription,
 )
-from liveloop.messages import Deliver, Forward, Hangup, HangupReason, Member, RoomEnded
-from liveloop.room import INBOX_SIZE, Room
+from liveloop.messages import Hangup, HangupReason, Member, RoomEnded
+from liveloop.room import INBOX_SIZE, Room, relayed
 from tests.fakes import FakeSocket
 
 
@@ -32,9 +33,9 @@ class Posts(FakeSocket):
 
 
 def make_room(settings: Settings | None = None
-              ) -> tuple[Room, trio.MemorySendChannel[Forward | Hangup], Posts, Posts]:
+              ) -> tuple[Room, trio.MemorySendChannel[Hangup], Posts, Posts]:
     first, second = Posts("s1"), Posts("s2")
-    send, receive = trio.open_memory_channel[Forward | Hangup](INBOX_SIZE)
+    send, receive = trio.open_memory_channel[Hangup](INBOX_SIZE)
     room = Room("r1", Member("s1", "Ann", "", first), Member("s2", "Bob", "", second),
                 settings or Settings(), receive)
     return room, send, first, second
@@ -44,40 +45,32 @@ OFFER = SessionDescription("offer", "v=0\r\n")
 ANSWER = SessionDescription("answer", "v=0\r\n")
 
 
-async def test_relays_to_the_partner_only(nursery: trio.Nursery) -> None:
-    room, inbox, first, second = make_room()
-    nursery.start_soon(room.run)
-    await inbox.send(Forward("s1", CallOffer(OFFER, remote_socket_id="s2", name="Mallory")))
-    await inbox.send(Forward("s2", CallAnswer(ANSWER, name="Mallory")))
-    await inbox.send(Forward("s1", SendIceCandidates(IceCandidate("candidate:1", "0", 0))))
-    await inbox.send(Forward("s2", SendIceCandidates(None)))
-    await trio.testing.wait_all_tasks_blocked()
-    assert second.posted == [
-        Deliver("r1", "negotiation-call-offer", {}),
-        Deliver("r1", "new-ice-candidates", {}),
-    ]
+ANN = Member("s1", "Ann", "", FakeSocket("s1"))
+BOB = Member("s2", "Bob", "", FakeSocket("s2"))
+
+
+def test_relayed_payloads_are_the_seeds() -> None:
+    offer = relayed(CallOffer(OFFER, remote_socket_id="s2", name="Mallory"), "r1", ANN)
+    answer = relayed(CallAnswer(ANSWER, name="Mallory"), "r1", BOB)
+    ice = relayed(SendIceCandidates(IceCandidate("candidate:1", "0", 0)), "r1", ANN)
+    end = relayed(SendIceCandidates(None), "r1", BOB)
+    assert [(d.room_id, d.event) for d in (offer, answer, ice, end)] == [
+        ("r1", "negotiation-call-offer"), ("r1", "negotiation-call-answer"),
+        ("r1", "new-ice-candidates"), ("r1", "new-ice-candidates")]
     # The names relayed are the ones the server knows, not what the sender claimed.
-    assert [m.payload for m in second.posted if isinstance(m, Deliver)] == [
-        {"remoteUserDetails": {"socket": "s1", "userName": "Ann"}, "roomId": "r1",
-         "offer": {"type": "offer", "sdp": "v=0\r\n"}},
-        {"candidate": {"candidate": "candidate:1", "sdpMid": "0", "sdpMLineIndex": 0,
-                       "usernameFragment": None}},
-    ]
-    assert [m.payload for m in first.posted if isinstance(m, Deliver)] == [
-        {"ans": {"type": "answer", "sdp": "v=0\r\n"}, "roomId": "r1", "name": "Bob",
-         "remoteSocketId": "s2"},
-        {"candidate": None},
-    ]
+    assert offer.payload == {"remoteUserDetails": {"socket": "s1", "userName": "Ann"},
+                             "roomId": "r1", "offer": {"type": "offer", "sdp": "v=0\r\n"}}
+    assert answer.payload == {"ans": {"type": "answer", "sdp": "v=0\r\n"}, "roomId": "r1",
+                              "name": "Bob", "remoteSocketId": "s2"}
+    assert ice.payload == {"candidate": {"candidate": "candidate:1", "sdpMid": "0",
+                                         "sdpMLineIndex": 0, "usernameFragment": None}}
+    assert end.payload == {"candidate": None}
 
 
-async def test_chat_reaches_both(nursery: trio.Nursery) -> None:
-    room, inbox, first, second = make_room()
-    nursery.start_soon(room.run)
-    await inbox.send(Forward("s2", NewMessage("hello")))
-    await trio.testing.wait_all_tasks_blocked()
-    expected = Deliver("r1", "Message:recived", {})
-    assert first.posted == second.posted == [expected]
-    assert first.posted[0].payload == {"from": "s2", "message": "hello"}  # type: ignore[attr-defined]
+def test_relayed_chat() -> None:
+    chat = relayed(NewMessage("hello"), "r1", BOB)
+    assert (chat.room_id, chat.event) == ("r1", "Message:recived")
+    assert chat.payload == {"from": "s2", "message": "hello"}
 
 
 @pytest.mark.parametrize("reason", list(HangupReason))
@@ -96,7 +89,7 @@ async def test_hangup_ends_and_tells_the_partner(nursery: trio.Nursery,
     assert first.posted == [RoomEnded("r1", requeue=True)]
     assert second.posted == []
     with pytest.raises(trio.BrokenResourceError):
-        await inbox.send(Forward("s1", NewMessage("late")))  # ended: fails fast
+        await inbox.send(Hangup("s1", HangupReason.STOP))  # ended: fails fast
 
 
 async def test_requeue_setting(nursery: trio.Nursery) -> None:
@@ -110,7 +103,6 @@ async def test_requeue_setting(nursery: trio.Nursery) -> None:
 async def test_strangers_are_ignored(nursery: trio.Nursery) -> None:
     room, inbox, first, second = make_room()
     nursery.start_soon(room.run)
-    await inbox.send(Forward("s3", NewMessage("spam")))
     await inbox.send(Hangup("s3", HangupReason.STOP))
     await trio.testing.wait_all_tasks_blocked()
     assert first.posted == second.posted == []

@@ -217,11 +217,13 @@ def _parse(text: str, max_attachments: int) -> tuple[Packet, int]:
             raise ProtocolError("ack id out of range")
     data: Any = ABSENT
     if pos < end:
+        body = text[pos:]
         try:
-            data = _loads(text[pos:])
+            data = _loads(body)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("invalid JSON in packet") from exc
-        if not _shallow(data):
+        # Counting brackets is C-speed and bounds the depth: walk only when it might be over.
+        if body.count("[") + body.count("{") > _MAX_DEPTH and not _shallow(data):
             raise ProtocolError(f"data nested deeper than {_MAX_DEPTH}")
     packet = Packet(kind, namespace, data, ack_id)
     _check(packet, attachments)
