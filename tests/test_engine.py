@@ -223,6 +223,18 @@ async def test_websocket_heartbeat_timeout(engine: EngineServer, autojump_clock:
         assert trio.current_time() - start == pytest.approx(20.0)
 
 
+async def test_heartbeats_keep_the_timer_heap_small(engine: EngineServer,
+                                                   autojump_clock: object) -> None:
+    async with websocket(engine, PATH, {"EIO": "4", "transport": "websocket"}) as ws:
+        await ws.receive()
+        for _ in range(50):
+            start = trio.current_time()
+            assert await ws.receive() == "2"
+            assert trio.current_time() - start == pytest.approx(25.0)
+            await ws.send("3")
+            assert len(engine.timers) <= 3  # superseded entries leave at their time
+
+
 @pytest.mark.parametrize("frame", ["", "9", "5", "0{}", "x" * 2000])
 async def test_bad_websocket_frame_closes_only_that_session(
     engine: EngineServer, frame: str

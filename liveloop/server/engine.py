@@ -30,6 +30,7 @@ from .session import (
     SessionClosed,
 )
 from .sockets import new_id
+from .timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ class EngineServer:
         self.origins = OriginPolicy(settings.allowed_origins)
         self._nursery: trio.Nursery | None = None
         self._max = settings.max_payload
+        self.timers = Timers()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.timers.run)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -89,7 +92,7 @@ class EngineServer:
         if self._nursery is None:
             raise RuntimeError("EngineServer.run() is not running")
         sid = new_id()
-        session = EngineSession(sid, self.settings, self.app_factory(), transport)
+        session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
         self._nursery.start_soon(self._run_session, session)
         return session

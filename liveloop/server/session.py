@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from ..config import Settings
+from .timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,13 @@ class _Posted:
     message: object
 
 
+class _Wake:
+    """The timer actor, or a task that queued packets, asks the session task to look."""
+
+
+_WAKE = _Wake()
+
+
 class SessionClosed(Exception):
     """The session is closed; nothing more can be delivered to it."""
 
@@ -99,7 +107,8 @@ class SessionClosed(Exception):
 class EngineSession:
     """One Engine.IO connection. See the module docstring for its channels."""
 
-    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: str) -> None:
+    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: str,
+                 timers: Timers) -> None:
         self.sid = sid
         self.settings = settings
         self.app = app
@@ -117,16 +126,22 @@ class EngineSession:
             settings.outbox_size + 1
         )
         self._outbox_limit = settings.outbox_size
-        self._mailbox_send, self._mailbox = trio.open_memory_channel[_Incoming | _Posted](
-            settings.mailbox_size + _CLIENT_CREDITS
-        )
+        # Posts, client credits, and one slot for the wake-up (_WAKE).
+        self._mailbox_send, self._mailbox = trio.open_memory_channel[
+            _Incoming | _Posted | _Wake](settings.mailbox_size + _CLIENT_CREDITS + 1)
         self._posted = 0
         self._credits = trio.Semaphore(_CLIENT_CREDITS)
         self._next_ping = math.inf
         self._pong_due = math.inf
         self._deadline = math.inf
         self._deadline_reason = ""
-        self._sleeping: trio.CancelScope | None = None
+        self._timers_actor = timers
+        self._scheduled = math.inf
+        """The earliest time this session has asked the timer actor for."""
+        self._woken = False
+        """A _WAKE is in the mailbox."""
+        self._sleeping = False
+        """The session task is waiting on an empty mailbox."""
         self._transport_scopes: tuple[trio.CancelScope, trio.CancelScope] | None = None
         self._direct: DirectWriter | None = None
         self._scope = trio.CancelScope()
@@ -152,8 +167,8 @@ class EngineSession:
             return
         for frame in frames:
             self._outbox_send.send_nowait(frame)
-        if self._sleeping is not None and self._direct is not None:
-            self._sleeping.cancel()  # from another task: the session task writes them
+        if self._sleeping and self._direct is not None:
+            self.wake()  # from another task: the session task writes them
 
     def send_frame(self, frame: OutFrame) -> None:
         """:meth:`send_packets` for a single packet, without building a list."""
@@ -163,8 +178,8 @@ class EngineSession:
             self.close("outbox overflow")
             return
         self._outbox_send.send_nowait(frame)
-        if self._sleeping is not None and self._direct is not None:
-            self._sleeping.cancel()  # from another task: the session task writes it
+        if self._sleeping and self._direct is not None:
+            self.wake()  # from another task: the session task writes it
 
     def post(self, message: object) -> None:
         """Hand ``message`` to the app's ``on_post`` in the session task; never waits.
@@ -207,8 +222,13 @@ class EngineSession:
             return  # a pong nobody asked for changes nothing
         self._pong_due = math.inf
         self._next_ping = trio.current_time() + self.settings.ping_interval
-        if self._sleeping is not None:
-            self._sleeping.deadline = self._wake_at()
+        self._schedule()
+
+    def wake(self) -> None:
+        """Have the session task look at its timers and outbox soon; never waits."""
+        if not self._woken and not self.closed:
+            self._woken = True
+            self._mailbox_send.send_nowait(_WAKE)
 
     def release_poll(self, answer: str) -> None:
         """End the pending GET, if any, now; with nothing queued it answers ``answer``
@@ -243,6 +263,7 @@ class EngineSession:
         """Close the session with ``reason`` at ``when`` (Trio time; ``inf`` clears it).
         Call from the session task (the app's ``on_open`` and handlers)."""
         self._deadline, self._deadline_reason = when, reason
+        self._schedule()
 
     def attach(self, reading: trio.CancelScope, flushing: trio.CancelScope,
                direct: DirectWriter | None = None) -> None:
@@ -274,6 +295,7 @@ class EngineSession:
             with self._scope:
                 now = trio.current_time()
                 self._next_ping = now + self.settings.ping_interval
+                self._schedule()
                 await self.app.on_open(self)
                 await self._serve()
         except Exception:
@@ -292,6 +314,14 @@ class EngineSession:
     def _wake_at(self) -> float:
         return min(self._next_ping, self._pong_due, self._deadline)
 
+    def _schedule(self) -> None:
+        """Ask the timer actor for a wake-up at the next timer, unless an earlier one is
+        asked for already (then that wake-up asks again, for what is left)."""
+        when = self._wake_at()
+        if when < self._scheduled:
+            self._scheduled = when
+            self._timers_actor.schedule(when, self)
+
     async def _serve(self) -> None:
         mailbox = self._mailbox
         handled = 0
@@ -301,14 +331,10 @@ class EngineSession:
             except trio.WouldBlock:
                 if self._direct is not None:
                     self._write_direct(self._direct)
-                with trio.move_on_at(self._wake_at()) as sleeping:
-                    self._sleeping = sleeping
-                    item = await mailbox.receive()
-                self._sleeping = None
+                self._sleeping = True
+                item = await mailbox.receive()
+                self._sleeping = False
                 handled = 0
-                if sleeping.cancelled_caught:
-                    self._timers()
-                    continue
             else:
                 handled += 1
                 if handled % _BURST == 0:
@@ -317,6 +343,10 @@ class EngineSession:
                         self._write_direct(self._direct)
                     await trio.lowlevel.checkpoint()
                     self._timers()
+            if item is _WAKE:
+                self._woken = False
+                self._timers()
+                continue
             if isinstance(item, _Incoming):
                 self._credits.release()
                 if item.messages:
@@ -330,7 +360,7 @@ class EngineSession:
                     return
             else:
                 self._posted -= 1
-                await self.app.on_post(item.message)
+                await self.app.on_post(item.message)  # type: ignore[union-attr]
 
     def _write_direct(self, direct: DirectWriter) -> None:
         if not direct.idle:
@@ -347,6 +377,12 @@ class EngineSession:
 
     def _timers(self) -> None:
         now = trio.current_time()
+        if now >= self._scheduled:
+            self._scheduled = math.inf  # that wake-up has come
+        self._act_on_timers(now)
+        self._schedule()
+
+    def _act_on_timers(self, now: float) -> None:
         if now >= self._deadline:
             self.close(self._deadline_reason)
         elif now >= self._pong_due:
