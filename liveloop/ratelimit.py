@@ -33,9 +33,9 @@ class RateLimiter:
         self._last_room: float | None = None
         self._messages_allowed = settings.messages_per_minute
         # The times of the last accepted messages; at most ``messages_per_minute`` kept.
-        self._messages: collections.deque[float] = collections.deque(
-            maxlen=max(settings.messages_per_minute, 1)
-        )
+        # Made at the first chat message: most connections never chat, and an empty
+        # deque costs about 600 bytes.
+        self._messages: collections.deque[float] | None = None
         self._clock = clock
 
     def check(self, event: str) -> float | None:
@@ -55,10 +55,13 @@ class RateLimiter:
         if event == NEW_MESSAGE:
             if self._messages_allowed <= 0:
                 return MESSAGE_WINDOW
-            if len(self._messages) >= self._messages_allowed:
-                wait = self._messages[0] + MESSAGE_WINDOW - now
+            messages = self._messages
+            if messages is None:
+                messages = self._messages = collections.deque(maxlen=self._messages_allowed)
+            if len(messages) >= self._messages_allowed:
+                wait = messages[0] + MESSAGE_WINDOW - now
                 if wait > 0:
                     return _round_up(wait)
-            self._messages.append(now)
+            messages.append(now)
             return None
         return None

@@ -44,6 +44,7 @@ from .session import OutFrame
 log = logging.getLogger(__name__)
 
 _MAX_HEAD = 16 * 1024
+_KEPT_HEADERS = frozenset((b"origin", b"host"))
 _RECEIVE_SIZE = 65536
 
 _Engines = dict[str, EngineServer]
@@ -121,6 +122,7 @@ class Server:
             engine, scope, key = upgrade
             ws = FastWebSocket(stream, http, key, http.trailing_data[0],
                                engine.settings.max_payload)
+            del http, event, received  # held for the connection's life otherwise
             try:
                 await engine.serve_websocket(scope, ws)
             finally:
@@ -172,7 +174,8 @@ def _upgrade(http: h11.Connection, event: object, engines: _Engines
         "path": path_text,
         "raw_path": path,
         "query_string": query_string,
-        "headers": list(event.headers),
+        # What the engine reads (the origin check); the rest would be kept for nothing.
+        "headers": [(name, value) for name, value in event.headers if name in _KEPT_HEADERS],
     }
     return engine, scope, key
 
