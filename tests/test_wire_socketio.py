@@ -154,6 +154,14 @@ def test_encode_event() -> None:
         ['51-/admin,4["up",{"_placeholder":true,"num":0}]', b"\x00"]
 
 
+@pytest.mark.parametrize("namespace", ["/", "/admin"])
+@pytest.mark.parametrize("args", [(), ({"ok": True},), ("a", 1, None), (b"\x01", {"k": b"\x02"})])
+def test_encode_ack_agrees_with_the_general_encoder(namespace: str, args: tuple[Any, ...]
+                                                     ) -> None:
+    assert sio.encode_ack(namespace, args, 7) == sio.encode(
+        sio.Packet(T.ACK, namespace, list(args), 7))
+
+
 def test_encoding_keeps_non_ascii_and_escapes_lone_surrogates() -> None:
     assert sio.encode_event("/", "é😀", []) == ['2["é😀"]']
     (text,) = sio.encode_event("/", "a", ["\ud800", "x\udfffy"])

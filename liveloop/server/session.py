@@ -24,7 +24,6 @@ Bounds, and what happens when they are full:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -156,9 +155,8 @@ class EngineSession:
         self.closed = False
         self.closed_event = trio.Event()
         self.close_reason: str | None = None
-        # One slot more than the bound, for the CLOSE packet a full outbox may still need.
         self._outbox_send, self.outbox = trio.open_memory_channel[OutFrame](
-            settings.outbox_size + 1
+            settings.outbox_size
         )
         self._outbox_limit = settings.outbox_size
         # Posts, client credits, and one slot for the wake-up (_WAKE).
@@ -209,10 +207,11 @@ class EngineSession:
         """:meth:`send_packets` for a single packet, without building a list."""
         if self.closed:
             return
-        if self._outbox_send.statistics().current_buffer_used >= self._outbox_limit:
+        try:
+            self._outbox_send.send_nowait(frame)
+        except trio.WouldBlock:
             self.close("outbox overflow")
             return
-        self._outbox_send.send_nowait(frame)
         if self._sleeping and self._direct is not None:
             self.wake()  # from another task: the session task writes it
 
@@ -272,17 +271,14 @@ class EngineSession:
             self.poll_answer = answer
             self.polling_get.cancel()
 
-    def close(self, reason: str, *, send_close: bool = False) -> None:
-        """Close the session now; idempotent. ``send_close`` queues a CLOSE packet first.
+    def close(self, reason: str) -> None:
+        """Close the session now; idempotent.
 
         The session task then tells the app (``on_close``) and ends; the outbox is
         closed after what was already queued, so transports flush and stop.
         """
         if self.closed:
             return
-        if send_close:
-            with contextlib.suppress(trio.WouldBlock):
-                self._outbox_send.send_nowait("1")
         self.closed = True
         self.close_reason = reason
         self.closed_event.set()

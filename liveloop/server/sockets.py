@@ -159,8 +159,7 @@ class _Ack:
     def __call__(self, *args: JSON) -> None:
         socket, self._socket = self._socket, None
         if socket is not None and socket.connected:
-            socket._send(sio.encode(sio.Packet(sio.PacketType.ACK, socket.namespace,
-                                               list(args), self._id)))
+            socket._send(sio.encode_ack(socket.namespace, args, self._id))
 
 
 class SocketIOConnection:

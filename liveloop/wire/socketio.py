@@ -127,6 +127,16 @@ def encode_event(namespace: str, event: str, args: tuple[Any, ...] | list[Any],
     return [head + data if ack_id is None else f"{head}{ack_id}{data}"]
 
 
+def encode_ack(namespace: str, args: tuple[Any, ...] | list[Any], ack_id: int
+               ) -> list[str | bytes]:
+    """Encode ACK ``ack_id`` with ``args`` (BINARY_ACK if any holds bytes)."""
+    try:
+        data = _dumps(list(args))  # as encode_event: one C pass when no bytes are inside
+    except TypeError:
+        return encode(Packet(PacketType.ACK, namespace, list(args), ack_id))
+    return [f"3{ack_id}{data}" if namespace == "/" else f"3{namespace},{ack_id}{data}"]
+
+
 def _deconstruct(data: Any, out: list[bytes]) -> Any:
     if isinstance(data, (bytes, bytearray, memoryview)):
         out.append(bytes(data))
