@@ -134,11 +134,11 @@ class Peer:
 
     async def on_message(self, message: object) -> None:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
-        if isinstance(message, Matched):
-            await self._matched(message)
-        elif isinstance(message, Deliver):
+        if type(message) is Deliver:  # the hot one: a relayed event
             if self._call is not None and self._call.room_id == message.room_id:
                 self._socket.emit(message.event, message.payload)
+        elif isinstance(message, Matched):
+            await self._matched(message)
         elif isinstance(message, RoomEnded):
             await self._room_ended(message)
         elif isinstance(message, Refused):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from liveloop import events
 from liveloop.config import Settings
@@ -230,3 +233,19 @@ def test_error_shapes() -> None:
     assert error_ack(error) == {"ok": False, "error": {"code": "invalid-payload",
                                                         "message": "name is required"}}
     assert ok_ack() == {"ok": True}
+
+
+@given(st.text(max_size=300), st.none() | st.text(max_size=20),
+       st.none() | st.integers(min_value=0, max_value=65535), st.none() | st.text(max_size=20))
+def test_candidate_size_is_its_json_length(text: str, mid: str | None, index: int | None,
+                                          ufrag: str | None) -> None:
+    # The size check skips encoding for plain strings: it must still be exact.
+    candidate = events.IceCandidate(text, mid, index, ufrag)
+    assert candidate._json_size() == len(json.dumps(candidate.to_json()))
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=300),
+       st.none() | st.integers(min_value=0, max_value=65535))
+def test_candidate_size_of_plain_ascii(text: str, index: int | None) -> None:
+    candidate = events.IceCandidate(text, "0", index, "abcd")
+    assert candidate._json_size() == len(json.dumps(candidate.to_json()))

@@ -87,11 +87,6 @@ class _Incoming:
     then_close: bool
 
 
-@attrs.frozen
-class _Posted:
-    message: object
-
-
 class _Wake:
     """The timer actor, or a task that queued packets, asks the session task to look."""
 
@@ -161,7 +156,7 @@ class EngineSession:
         self._outbox_limit = settings.outbox_size
         # Posts, client credits, and one slot for the wake-up (_WAKE).
         self._mailbox_send, self._mailbox = trio.open_memory_channel[
-            _Incoming | _Posted | _Wake](settings.mailbox_size + _CLIENT_CREDITS + 1)
+            object](settings.mailbox_size + _CLIENT_CREDITS + 1)
         self._posted = 0
         self._credits = trio.Semaphore(_CLIENT_CREDITS)
         self._next_ping = math.inf
@@ -226,7 +221,8 @@ class EngineSession:
             self.close("mailbox overflow")
             return
         self._posted += 1
-        self._mailbox_send.send_nowait(_Posted(message))
+        # As it is: what is neither _Incoming nor _WAKE in the mailbox is a post.
+        self._mailbox_send.send_nowait(message)
 
     async def deliver(self, messages: Sequence[str | bytes], *, then_close: bool = False
                       ) -> None:
@@ -378,7 +374,7 @@ class EngineSession:
                 self._woken = False
                 self._timers()
                 continue
-            if isinstance(item, _Incoming):
+            if type(item) is _Incoming:
                 self._credits.release()
                 if item.messages:
                     await self.app.on_messages(item.messages)
@@ -391,7 +387,7 @@ class EngineSession:
                     return
             else:
                 self._posted -= 1
-                await self.app.on_post(item.message)  # type: ignore[union-attr]
+                await self.app.on_post(item)
 
     def _write_direct(self, direct: DirectWriter) -> None:
         if not direct.idle:
