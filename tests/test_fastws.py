@@ -314,3 +314,24 @@ async def test_a_reader_that_never_reads_is_closed_at_the_outbox_bound(
         if session.closed:
             break
     assert session.close_reason == "outbox overflow"
+
+
+async def test_pings_from_a_client_that_does_not_read_cost_one_pong(
+        connect: tuple[Client, Writes], engine: EngineServer) -> None:
+    client, _ = connect
+    session = engine.sessions[await opened(client)]
+    await trio.testing.wait_all_tasks_blocked()
+    big = "4" + "x" * 400_000  # more than the kernel takes while the client does not read
+    session.send_packets([big])
+    await trio.testing.wait_all_tasks_blocked()
+    transport = session._direct
+    assert transport is not None
+    pending = len(transport._pending)  # type: ignore[attr-defined]
+    assert pending > 0
+    for index in range(2000):
+        await client.send(Ping(payload=b"%d" % index))
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(transport._pending) <= pending  # type: ignore[attr-defined]
+    assert await client.text() == big
+    pongs = [await client.next()]
+    assert isinstance(pongs[0], Pong) and pongs[0].payload == b"1999"  # the last one only

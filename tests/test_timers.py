@@ -29,9 +29,9 @@ async def test_wakes_each_at_its_time_in_order(nursery: trio.Nursery,
     await nursery.start(timers.run)
     log: list[tuple[str, float]] = []
     start = trio.current_time()
-    timers.schedule(start + 3, Sleeper("c", log))
-    timers.schedule(start + 1, Sleeper("a", log))
-    timers.schedule(start + 2, Sleeper("b", log))
+    sleepers = [Sleeper(name, log) for name in "cab"]  # held: the actor holds them weakly
+    for sleeper, after in zip(sleepers, (3, 1, 2), strict=True):
+        timers.schedule(start + after, sleeper)
     await trio.sleep(5)
     assert [(name, at - start) for name, at in log] == [("a", 1), ("b", 2), ("c", 3)]
     assert len(timers) == 0
@@ -43,9 +43,10 @@ async def test_an_earlier_time_cuts_the_current_sleep(nursery: trio.Nursery,
     await nursery.start(timers.run)
     log: list[tuple[str, float]] = []
     start = trio.current_time()
-    timers.schedule(start + 60, Sleeper("late", log))
+    late, early = Sleeper("late", log), Sleeper("early", log)
+    timers.schedule(start + 60, late)
     await trio.sleep(1)  # the actor now sleeps until start + 60
-    timers.schedule(start + 2, Sleeper("early", log))
+    timers.schedule(start + 2, early)
     await trio.sleep(2)
     assert [(name, at - start) for name, at in log] == [("early", 2)]
 
@@ -55,7 +56,8 @@ async def test_a_past_time_wakes_at_once(nursery: trio.Nursery,
     timers = Timers()
     await nursery.start(timers.run)
     log: list[tuple[str, float]] = []
-    timers.schedule(trio.current_time() - 5, Sleeper("past", log))
+    past = Sleeper("past", log)
+    timers.schedule(trio.current_time() - 5, past)
     await trio.testing.wait_all_tasks_blocked()
     assert [name for name, _ in log] == ["past"]
 
@@ -64,3 +66,34 @@ def test_never_is_not_kept() -> None:
     timers = Timers()
     timers.schedule(float("inf"), Sleeper("never", []))
     assert len(timers) == 0
+
+
+async def test_a_sleeper_gone_since_is_skipped(nursery: trio.Nursery,
+                                               clock: trio.testing.MockClock) -> None:
+    timers = Timers()
+    await nursery.start(timers.run)
+    log: list[tuple[str, float]] = []
+    kept = Sleeper("kept", log)
+    timers.schedule(trio.current_time() + 1, Sleeper("dropped", log))  # no one holds it
+    timers.schedule(trio.current_time() + 2, kept)
+    await trio.sleep(3)
+    assert [name for name, _ in log] == ["kept"]
+
+
+class Broken:
+    def wake(self) -> None:
+        raise RuntimeError("bug")
+
+
+async def test_one_failing_wake_does_not_stop_the_clock(
+        nursery: trio.Nursery, clock: trio.testing.MockClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    timers = Timers()
+    await nursery.start(timers.run)
+    log: list[tuple[str, float]] = []
+    broken, after = Broken(), Sleeper("after", log)
+    timers.schedule(trio.current_time() + 1, broken)
+    timers.schedule(trio.current_time() + 2, after)
+    await trio.sleep(3)
+    assert [name for name, _ in log] == ["after"]
+    assert "failed to wake" in caplog.text

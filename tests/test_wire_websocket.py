@@ -248,3 +248,18 @@ def test_close_without_a_status_is_an_empty_close_frame() -> None:
 def test_accept_token_matches_the_rfc_example() -> None:
     # RFC 6455, section 1.3.
     assert ws.accept_token(b"dGhlIHNhbXBsZSBub25jZQ==") == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@pytest.mark.parametrize("first", [0x83, 0x87, 0x8B, 0x8F])
+def test_unknown_opcode_fails_on_its_header(first: int) -> None:
+    # Refused before its payload (here not even sent) is buffered.
+    decoder = ws.FrameDecoder(MAX)
+    with pytest.raises(ws.WebSocketError) as caught:
+        decoder.feed(raw(first, b"", length=MAX)[:4])
+    assert caught.value.code == ws.PROTOCOL_ERROR
+
+
+def test_misplaced_fragment_is_a_protocol_error_whatever_its_size() -> None:
+    assert error_code(raw(0x80, b"", length=MAX + 1)[:4]) == ws.PROTOCOL_ERROR
+    assert error_code(raw(0x01, b"a") + raw(0x81, b"", length=MAX + 1)[:4]) == \
+        ws.PROTOCOL_ERROR

@@ -39,7 +39,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from ..wire import websocket as wsframe
 from .asgi import Scope
 from .engine import EngineServer
-from .session import OutFrame
+from .session import FLUSH_GRACE, OutFrame
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,8 @@ class FastWebSocket:
         self._messages: list[str | bytes] = []
         self._next = 0
         self._pending = bytearray()
+        self._late_pong: bytes | None = None
+        """The payload of the last Ping not yet answered because bytes were pending."""
         self._outbox: trio.MemoryReceiveChannel[OutFrame] | None = None
         self._nursery: trio.Nursery | None = None
         self._flusher: trio.CancelScope | None = None
@@ -222,7 +224,7 @@ class FastWebSocket:
                 (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
                 (b"sec-websocket-accept", wsframe.accept_token(self._key)),
             ])) or b"")
-        await self._drain()
+        await self._drain_within_grace()
 
     async def refuse(self) -> None:
         self._reading = False
@@ -231,7 +233,7 @@ class FastWebSocket:
         response = h11.Response(status_code=403, reason=b"Forbidden", headers=[
             (b"content-length", b"0"), (b"connection", b"close")])
         self._write_now((http.send(response) or b"") + (http.send(h11.EndOfMessage()) or b""))
-        await self._drain()
+        await self._drain_within_grace()
         self._writing = False
 
     # -- reading ----------------------------------------------------------------------
@@ -271,18 +273,26 @@ class FastWebSocket:
             self._reading = False
             self._write_now(self._closing(exc.code))
             return
+        ping: bytes | None = None
         for event in events:
             kind = type(event)
             if kind is str or kind is bytes:
                 self._messages.append(event)  # type: ignore[arg-type]
             elif kind is wsframe.Ping:
-                if not self._close_sent:
-                    self._write_now(wsframe.encode_pong(event.payload))  # type: ignore[union-attr]
+                ping = event.payload  # type: ignore[union-attr]
             elif kind is wsframe.Close:
                 # Answer with the same code, as the RFC asks; the socket is then done.
                 self._reading = False
                 self._write_now(self._closing(event.code))  # type: ignore[union-attr]
                 return
+        if ping is not None and not self._close_sent:
+            # Only the last Ping of a read is answered (RFC 6455 5.5.3 allows it), and
+            # while bytes are pending only the last one seen: a client that pings and
+            # never reads costs one small payload, not a growing buffer.
+            if self._pending:
+                self._late_pong = ping
+            else:
+                self._write_now(wsframe.encode_pong(ping))
 
     def _closing(self, code: int | None) -> bytes:
         """The Close frame to send, unless one was sent already."""
@@ -305,17 +315,19 @@ class FastWebSocket:
 
     async def send_frames(self, frames: Sequence[OutFrame]) -> None:
         self.write_now(frames)
-        await self._drain()
+        await self._drain_within_grace()
 
     async def close(self, code: int) -> None:
         self._write_now(self._closing(code))
-        await self._drain()
+        await self._drain_within_grace()
 
     def _write_now(self, data: bytes) -> None:
         if not self._writing or not data:
             return
         if self._pending:
-            self._pending += data  # behind what waits already; only small control frames
+            # Behind what waits already. Only a Close frame comes here: the session
+            # leaves packets in its outbox while bytes are pending, and pongs wait.
+            self._pending += data
             return
         try:
             sent = _write(self._fd, data)
@@ -336,7 +348,8 @@ class FastWebSocket:
         self._pending.clear()
 
     async def _drain(self) -> None:
-        """Wait until the kernel has taken every pending byte (or the peer is gone)."""
+        """Wait until the kernel has taken every pending byte, and the Pong owed meanwhile
+        (or the peer is gone)."""
         pending = self._pending
         while pending and self._writing:
             await trio.lowlevel.wait_writable(self._fd)
@@ -348,6 +361,21 @@ class FastWebSocket:
                 self._gone()
                 return
             del pending[:sent]
+            if not pending and self._late_pong is not None:
+                pong, self._late_pong = self._late_pong, None
+                if not self._close_sent:
+                    pending += wsframe.encode_pong(pong)
+
+    async def _drain_within_grace(self) -> None:
+        """:meth:`_drain` for the handshake and closing writes: a client that does not
+        read them within ``FLUSH_GRACE`` is given up on (the session then closes)."""
+        if not self._pending:
+            return
+        with trio.move_on_after(FLUSH_GRACE):
+            await self._drain()
+            return
+        self._reading = False
+        self._gone()
 
     async def _flush(self, scope: trio.CancelScope) -> None:
         """The flusher: send what is pending, then what the session queued meanwhile,
@@ -366,6 +394,10 @@ class FastWebSocket:
         holds already (queued before the socket was attached)."""
         self._nursery = nursery
         self._outbox = outbox
+        if self._pending:  # left by the handshake's reads (a pong): the flusher takes all
+            self._flusher = trio.CancelScope()
+            nursery.start_soon(self._flush, self._flusher)
+            return
         frames = _take(outbox)
         if frames:
             self.write_now(frames)
@@ -387,8 +419,11 @@ class FastWebSocket:
 
     async def shutdown(self) -> None:
         """After the Engine.IO side is done: end our half of the TCP connection (the
-        caller closes the stream)."""
+        caller closes the stream), and let go of the buffers at once."""
         self._writing = self._reading = False
+        self._pending = bytearray()
+        self._messages = []
+        self._decoder = wsframe.FrameDecoder(0)
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
                                  trio.BusyResourceError, OSError):
             await self._stream.send_eof()

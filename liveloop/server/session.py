@@ -103,6 +103,7 @@ class EngineSession:
 
     # Thousands live at once: slots instead of a dict each (about 1.2 KiB less apiece).
     __slots__ = (
+        "__weakref__",  # the timer actor holds sessions weakly
         "_credits",
         "_deadline",
         "_deadline_reason",
@@ -283,6 +284,7 @@ class EngineSession:
         self._outbox_send.close()
         self._scope.cancel()
         self._stop_transport()
+        self._direct = None  # the transport finishes on its own now
 
     # -- the actor ------------------------------------------------------------------
 
@@ -345,7 +347,7 @@ class EngineSession:
         """Ask the timer actor for a wake-up at the next timer, unless an earlier one is
         asked for already (then that wake-up asks again, for what is left)."""
         when = self._wake_at()
-        if when < self._scheduled:
+        if when < self._scheduled and not self.closed:
             self._scheduled = when
             self._timers_actor.schedule(when, self)
 

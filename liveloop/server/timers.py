@@ -8,17 +8,22 @@ times a minute.
 
 The heap is bounded: a session adds an entry only when it needs waking earlier than the
 earliest one it has (see :meth:`EngineSession._schedule`), and entries leave at their
-time, so each session holds a few at most.
+time, so each session holds a few at most. Entries hold their sleeper weakly: a closed
+session is freed at once, not when its last entry's time comes.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
+import weakref
 from typing import Protocol
 
 import trio
+
+log = logging.getLogger(__name__)
 
 
 class Sleeper(Protocol):
@@ -33,7 +38,7 @@ class Timers:
     """A heap of (time, sleeper); :meth:`run` is the task that serves it."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Sleeper]] = []
+        self._heap: list[tuple[float, int, weakref.ref[Sleeper]]] = []
         self._order = itertools.count()
         self._sleep: trio.CancelScope | None = None
 
@@ -44,7 +49,7 @@ class Timers:
         """Call ``sleeper.wake()`` at Trio time ``when`` (at once if it has passed)."""
         if when == math.inf:
             return
-        heapq.heappush(self._heap, (when, next(self._order), sleeper))
+        heapq.heappush(self._heap, (when, next(self._order), weakref.ref(sleeper)))
         sleep = self._sleep
         if sleep is not None and when < sleep.deadline:
             sleep.deadline = when
@@ -62,4 +67,10 @@ class Timers:
             self._sleep = None
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].wake()
+                sleeper = heapq.heappop(heap)[2]()
+                if sleeper is None:
+                    continue  # gone since
+                try:
+                    sleeper.wake()
+                except Exception:  # one sleeper's bug must not stop everyone's clock
+                    log.exception("timers: %r failed to wake", sleeper)

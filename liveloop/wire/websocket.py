@@ -157,25 +157,34 @@ class FrameDecoder:
         return events
 
     def _check_header(self, first: int, second: int, length: int) -> None:
+        """Every rule a frame's header alone decides, before its payload is buffered."""
         if first & 0x70:
             raise WebSocketError(PROTOCOL_ERROR, "reserved bits set (no extension agreed)")
         if not second & 0x80:
             raise WebSocketError(PROTOCOL_ERROR, "unmasked frame from a client")
         opcode = first & 0x0F
         if opcode >= CLOSE:
+            if opcode > PONG:
+                raise WebSocketError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             if not first & 0x80:
                 raise WebSocketError(PROTOCOL_ERROR, "fragmented control frame")
             if length > _MAX_CONTROL:
                 raise WebSocketError(PROTOCOL_ERROR, "control frame over 125 bytes")
-        elif self._size + length > self._max:
+            return
+        if opcode > BINARY:
+            raise WebSocketError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        if opcode == CONTINUATION:
+            if not self._opcode:
+                raise WebSocketError(PROTOCOL_ERROR, "continuation with no message to continue")
+        elif self._opcode:
+            raise WebSocketError(PROTOCOL_ERROR, "new message inside a fragmented one")
+        if self._size + length > self._max:
             raise WebSocketError(MESSAGE_TOO_BIG, "message over the size limit")
 
     def _frame(self, first: int, payload: bytes) -> Event | None:
         opcode = first & 0x0F
         final = first & 0x80
-        if opcode in (TEXT, BINARY):
-            if self._opcode:
-                raise WebSocketError(PROTOCOL_ERROR, "new message inside a fragmented one")
+        if opcode in (TEXT, BINARY):  # _check_header made sure no message is in progress
             if final:
                 return _message(opcode, payload)
             self._opcode = opcode
@@ -183,8 +192,6 @@ class FrameDecoder:
             self._size = len(payload)
             return None
         if opcode == CONTINUATION:
-            if not self._opcode:
-                raise WebSocketError(PROTOCOL_ERROR, "continuation with no message to continue")
             self._parts.append(payload)
             self._size += len(payload)
             if not final:
@@ -197,9 +204,7 @@ class FrameDecoder:
             return Ping(payload)
         if opcode == PONG:
             return Pong(payload)
-        if opcode == CLOSE:
-            return _close(payload)
-        raise WebSocketError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
+        return _close(payload)  # the only opcode left
 
 
 def _message(opcode: int, payload: bytes) -> str | bytes:
