@@ -1,4 +1,5 @@
-"""The timer actor (liveloop.server.timers) under Trio's mock clock."""
+"""The timer actor (liveloop.server.timers), under Trio's autojump clock: the times are
+exact and take no time."""
 
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ class Sleeper:
 
 
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0)
+async def timers(nursery: trio.Nursery) -> Timers:
+    """A running timer actor."""
+    actor = Timers()
+    await nursery.start(actor.run)
+    return actor
 
 
-async def test_wakes_each_at_its_time_in_order(nursery: trio.Nursery,
-                                               clock: trio.testing.MockClock) -> None:
-    timers = Timers()
-    await nursery.start(timers.run)
-    log: list[tuple[str, float]] = []
+Log = list[tuple[str, float]]
+"""Who was woken, and when."""
+
+
+@pytest.fixture
+def log() -> Log:
+    return []
+
+
+async def test_wakes_each_at_its_time_in_order(
+        timers: Timers, log: Log, autojump_clock: object) -> None:
     start = trio.current_time()
     sleepers = [Sleeper(name, log) for name in "cab"]  # held: the actor holds them weakly
     for sleeper, after in zip(sleepers, (3, 1, 2), strict=True):
@@ -37,11 +47,8 @@ async def test_wakes_each_at_its_time_in_order(nursery: trio.Nursery,
     assert len(timers) == 0
 
 
-async def test_an_earlier_time_cuts_the_current_sleep(nursery: trio.Nursery,
-                                                      clock: trio.testing.MockClock) -> None:
-    timers = Timers()
-    await nursery.start(timers.run)
-    log: list[tuple[str, float]] = []
+async def test_an_earlier_time_cuts_the_current_sleep(
+        timers: Timers, log: Log, autojump_clock: object) -> None:
     start = trio.current_time()
     late, early = Sleeper("late", log), Sleeper("early", log)
     timers.schedule(start + 60, late)
@@ -51,11 +58,8 @@ async def test_an_earlier_time_cuts_the_current_sleep(nursery: trio.Nursery,
     assert [(name, at - start) for name, at in log] == [("early", 2)]
 
 
-async def test_a_past_time_wakes_at_once(nursery: trio.Nursery,
-                                         clock: trio.testing.MockClock) -> None:
-    timers = Timers()
-    await nursery.start(timers.run)
-    log: list[tuple[str, float]] = []
+async def test_a_past_time_wakes_at_once(
+        timers: Timers, log: Log, autojump_clock: object) -> None:
     past = Sleeper("past", log)
     timers.schedule(trio.current_time() - 5, past)
     await trio.testing.wait_all_tasks_blocked()
@@ -68,11 +72,8 @@ def test_never_is_not_kept() -> None:
     assert len(timers) == 0
 
 
-async def test_a_sleeper_gone_since_is_skipped(nursery: trio.Nursery,
-                                               clock: trio.testing.MockClock) -> None:
-    timers = Timers()
-    await nursery.start(timers.run)
-    log: list[tuple[str, float]] = []
+async def test_a_sleeper_gone_since_is_skipped(
+        timers: Timers, log: Log, autojump_clock: object) -> None:
     kept = Sleeper("kept", log)
     timers.schedule(trio.current_time() + 1, Sleeper("dropped", log))  # no one holds it
     timers.schedule(trio.current_time() + 2, kept)
@@ -86,11 +87,8 @@ class Broken:
 
 
 async def test_one_failing_wake_does_not_stop_the_clock(
-        nursery: trio.Nursery, clock: trio.testing.MockClock,
+        timers: Timers, log: Log, autojump_clock: object,
         caplog: pytest.LogCaptureFixture) -> None:
-    timers = Timers()
-    await nursery.start(timers.run)
-    log: list[tuple[str, float]] = []
     broken, after = Broken(), Sleeper("after", log)
     timers.schedule(trio.current_time() + 1, broken)
     timers.schedule(trio.current_time() + 2, after)
