@@ -29,6 +29,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import FrameProtocol
 
 from liveloop.app import RootApp
 from liveloop.config import Settings
@@ -36,6 +37,7 @@ from liveloop.conformance import EchoApp
 from liveloop.serve import hypercorn_config, serve
 from liveloop.server import EngineServer, fastws
 from liveloop.server.fastws import Server
+from liveloop.server.session import FLUSH_GRACE, OutFrame
 
 PATH = "/engine.io/"
 SETTINGS = Settings(bind="127.0.0.1:0", max_payload=1000, allowed_origins=("*",))
@@ -335,3 +337,52 @@ async def test_pings_from_a_client_that_does_not_read_cost_one_pong(
     assert await client.text() == big
     pongs = [await client.next()]
     assert isinstance(pongs[0], Pong) and pongs[0].payload == b"1999"  # the last one only
+
+
+def transport(server_end: trio.SocketStream) -> fastws.FastWebSocket:
+    """A FastWebSocket past the handshake, straight on ``server_end``."""
+    return fastws.FastWebSocket(server_end, h11.Connection(h11.SERVER), b"key", b"", 1000)
+
+
+async def test_a_closing_write_nobody_reads_is_given_up_after_the_grace(
+        autojump_clock: object) -> None:
+    client_end, server_end = socket_pair()
+    ws = transport(server_end)
+    start = trio.current_time()
+    await ws.close(1000)  # small: the kernel takes it
+    await ws.send_frames(["4" + "x" * 2_000_000])  # dropped: a Close was sent
+    assert trio.current_time() == start
+    unread, server_end2 = socket_pair()
+    ws2 = transport(server_end2)
+    await ws2.send_frames(["4" + "x" * 2_000_000])  # more than the kernel takes, unread
+    assert trio.current_time() - start == pytest.approx(FLUSH_GRACE)
+    assert await ws2.receive() is None  # reading stopped: its session will close
+    assert not ws2.idle
+    await client_end.aclose()
+    await unread.aclose()
+
+
+async def test_bytes_pending_before_start_are_sent_by_a_flusher(
+        nursery: trio.Nursery) -> None:
+    client_end, server_end = socket_pair()
+    ws = transport(server_end)
+    big = "4" + "x" * 1_000_000
+    ws.write_now([big])  # no nursery yet: what the kernel refuses waits
+    assert not ws.idle
+    send, receive = trio.open_memory_channel[OutFrame](8)
+    send.send_nowait("4after")
+    ws.start(nursery, receive)
+    reader = FrameProtocol(client=True, extensions=[])
+    texts: list[str] = []
+    parts: list[str] = []
+    while len(texts) < 2:
+        with trio.fail_after(5):
+            data = await client_end.receive_some(65536)
+        reader.receive_bytes(data)
+        for frame in reader.received_frames():  # a large frame comes in pieces
+            parts.append(str(frame.payload))
+            if frame.frame_finished:
+                texts.append("".join(parts))
+                parts = []
+    assert texts == [big, "4after"]  # the outbox, after what was pending
+    assert ws.idle

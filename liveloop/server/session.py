@@ -303,8 +303,9 @@ class EngineSession:
         has nothing left to handle: packets an event produces leave in one write, with
         no task switch on the way."""
         self._transport_scopes = (reading, flushing)
-        self._direct = direct
-        if self.closed:
+        if not self.closed:
+            self._direct = direct
+        else:
             self._stop_transport()
 
     def _stop_transport(self) -> None:

@@ -8,8 +8,10 @@ times a minute.
 
 The heap is bounded: a session adds an entry only when it needs waking earlier than the
 earliest one it has (see :meth:`EngineSession._schedule`), and entries leave at their
-time, so each session holds a few at most. Entries hold their sleeper weakly: a closed
-session is freed at once, not when its last entry's time comes.
+time, so each session holds a few at most. Entries hold their sleeper weakly, so a
+closed session is not kept for its entries' sake: it is freed by the next garbage
+collection (it and its app refer to each other), and its entries are dropped at their
+time.
 """
 
 from __future__ import annotations
