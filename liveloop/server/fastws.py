@@ -5,11 +5,16 @@ Each connection's first request head is read here (with h11, at most
 ``_MAX_HEAD`` bytes). A valid WebSocket upgrade for an Engine.IO path is completed here
 and the socket is served by :meth:`EngineServer.serve_websocket` through
 :class:`FastWebSocket`, which frames with :mod:`liveloop.wire.websocket` straight on the
-TCP stream: one ``receive_some`` for whatever frames have arrived, and one ``send_all``
-for all the packets the outbox held, with no per-frame queue, task hop or timer. Any other
-connection (polling, REST, a WebSocket elsewhere, anything malformed) goes to
-hypercorn's own connection handler, which first reads back the bytes taken here; it
-serves them through the ASGI app as ``hypercorn -k trio`` would.
+socket: one read system call for whatever frames have arrived, and one write for every
+packet the session had queued, made by the session's own task without waiting (no
+writer task, no per-frame queue or timer). Any other connection (polling, REST, a
+WebSocket elsewhere, anything malformed) goes to hypercorn's own connection handler,
+which first reads back the bytes taken here; it serves them through the ASGI app as
+``hypercorn -k trio`` would.
+
+Why not hypercorn for these too: its WebSocket path enters a timeout scope per read and
+writes one frame per system call through two task hops; it was half of the server's CPU
+per relayed message.
 
 Not negotiated here: WebSocket extensions (permessage-deflate; Engine.IO servers leave it
 off by default) and subprotocols. Engine.IO's heartbeat ends dead sessions, so reads have
