@@ -28,6 +28,7 @@ from .session import (
     OutFrame,
     SessionApp,
     SessionClosed,
+    take_all,
 )
 from .sockets import new_id
 from .timers import Timers
@@ -434,14 +435,9 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
         try:
             while True:
                 try:
-                    frames = [await outbox.receive()]
+                    frames = take_all(outbox, [await outbox.receive()])
                 except trio.EndOfChannel:
                     break
-                try:
-                    while True:
-                        frames.append(outbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    pass
                 await ws.send_frames(frames)
             await ws.close(1000)
         except Exception as exc:  # the server refuses sends once the peer left

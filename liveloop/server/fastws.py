@@ -44,7 +44,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from ..wire import websocket as wsframe
 from .asgi import Scope
 from .engine import EngineServer
-from .session import FLUSH_GRACE, OutFrame
+from .session import FLUSH_GRACE, OutFrame, take_all
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +344,7 @@ class FastWebSocket:
         if sent < len(data):
             self._pending += data[sent:]
             if self._nursery is not None and self._flusher is None:
-                self._flusher = trio.CancelScope()
-                self._nursery.start_soon(self._flush, self._flusher)
+                self._start_flusher(self._nursery)
 
     def _gone(self) -> None:
         """The peer is gone: nothing more can be written; the reader will see it."""
@@ -382,13 +381,17 @@ class FastWebSocket:
         self._reading = False
         self._gone()
 
+    def _start_flusher(self, nursery: trio.Nursery) -> None:
+        self._flusher = trio.CancelScope()
+        nursery.start_soon(self._flush, self._flusher)
+
     async def _flush(self, scope: trio.CancelScope) -> None:
         """The flusher: send what is pending, then what the session queued meanwhile,
         until nothing is left."""
         with scope:
             while self._pending and self._writing:
                 await self._drain()
-                frames = _take(self._outbox)
+                frames = take_all(self._outbox)
                 if frames and not self._close_sent:
                     self._pending += wsframe.encode_messages(frames)
         self._flusher = None
@@ -400,10 +403,9 @@ class FastWebSocket:
         self._nursery = nursery
         self._outbox = outbox
         if self._pending:  # left by the handshake's reads (a pong): the flusher takes all
-            self._flusher = trio.CancelScope()
-            nursery.start_soon(self._flush, self._flusher)
+            self._start_flusher(nursery)
             return
-        frames = _take(outbox)
+        frames = take_all(outbox)
         if frames:
             self.write_now(frames)
 
@@ -416,7 +418,7 @@ class FastWebSocket:
     async def finish(self, code: int) -> None:
         """After the session has closed and the flusher stopped: send what is pending
         and what the outbox still holds, then a Close frame with ``code``."""
-        frames = _take(self._outbox)
+        frames = take_all(self._outbox)
         if frames:
             self.write_now(frames)
         self._write_now(self._closing(code))
@@ -432,18 +434,6 @@ class FastWebSocket:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
                                  trio.BusyResourceError, OSError):
             await self._stream.send_eof()
-
-
-def _take(outbox: trio.MemoryReceiveChannel[OutFrame] | None) -> list[OutFrame]:
-    """Everything ``outbox`` holds now."""
-    frames: list[OutFrame] = []
-    if outbox is not None:
-        try:
-            while True:
-                frames.append(outbox.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            pass
-    return frames
 
 
 class _Replay(trio.abc.HalfCloseableStream):

@@ -49,6 +49,19 @@ FLUSH_GRACE = 1.0
 _BURST = 64
 
 
+def take_all(outbox: trio.MemoryReceiveChannel[OutFrame] | None,
+             frames: list[OutFrame] | None = None) -> list[OutFrame]:
+    """Everything ``outbox`` holds now, without waiting, appended to ``frames``."""
+    taken: list[OutFrame] = [] if frames is None else frames
+    if outbox is not None:
+        try:
+            while True:
+                taken.append(outbox.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            pass
+    return taken
+
+
 class DirectWriter(Protocol):
     """A transport that the session task writes to itself, at each pause (see
     :meth:`EngineSession.attach`), rather than through a writer task."""
@@ -395,13 +408,7 @@ class EngineSession:
     def _write_direct(self, direct: DirectWriter) -> None:
         if not direct.idle:
             return  # the transport takes them from the outbox when it can
-        outbox = self.outbox
-        frames: list[OutFrame] = []
-        try:
-            while True:
-                frames.append(outbox.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel):
-            pass
+        frames = take_all(self.outbox)
         if frames:
             direct.write_now(frames)
 
