@@ -113,7 +113,7 @@ class Tally:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: float = 0
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
