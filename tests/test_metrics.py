@@ -3,7 +3,12 @@ agreement with ``/api/status``; and the counting API the limits use."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +201,28 @@ def test_disabled_metrics_count_nothing() -> None:
         counter.inc()
     metrics.watch(lambda: None)  # type: ignore[arg-type,return-value]
     assert list(metrics.registry.collect()) == []
+
+
+async def test_metrics_listener_under_hypercorn() -> None:
+    """The listener is an actor of the app, so ``hypercorn -k trio`` serves it too."""
+    env = {**os.environ, "LIVELOOP_LOG_FORMAT": "json",
+           "LIVELOOP_METRICS_BIND": "127.0.0.1:0"}
+    process = await trio.lowlevel.open_process(
+        [str(Path(sys.executable).parent / "hypercorn"), "-k", "trio", "--bind",
+         "127.0.0.1:0", "liveloop.app:app"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert process.stderr is not None
+    seen = b""
+    try:
+        with trio.fail_after(60):
+            # Hypercorn's own line, in its format; the metrics listener's, in ours.
+            while (found := re.search(rb'"liveloop\.metrics".*(http://127\.0\.0\.1:\d+)',
+                                      seen)) is None:
+                seen += await process.stderr.receive_some(65536)
+            response = await http_get(found.group(1).decode(), "/metrics")
+    finally:
+        process.terminate()
+        await process.wait()
+    found_samples = samples(response.body.decode())
+    assert value(found_samples, "liveloop_queue_size") == 0
+    assert value(found_samples, "liveloop_handshakes_total") == 0
