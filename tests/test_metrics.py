@@ -106,7 +106,13 @@ async def test_metrics_count_a_session_of_real_clients_and_agree_with_status(
             assert not (await c.call("newMessage", {"message": "x"}))["ok"]
             assert not (await a.call("request-room", {"name": "Ann"}))["ok"]  # Next < 5 s
 
-        during = await scrape(app)
+        with trio.fail_after(DEADLINE):
+            while True:  # every client upgrades to WebSocket soon after connecting
+                during = await scrape(app)
+                if value(during, "liveloop_connections", transport="websocket") == 3:
+                    break
+                await trio.sleep(0.01)
+        assert value(during, "liveloop_connections", transport="polling") == 0
         agree(during, await status(url))
         assert value(during, "liveloop_queue_size") == 1
         assert value(during, "liveloop_rooms_active") == 1
