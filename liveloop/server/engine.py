@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -19,8 +20,10 @@ import trio
 from ..config import Settings
 from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
+from .api import DRAIN
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
+from .limits import HandshakeWindow, scope_client, trusted_networks
 from .session import (
     FLUSH_GRACE,
     DirectWriter,
@@ -28,7 +31,6 @@ from .session import (
     OutFrame,
     SessionApp,
     SessionClosed,
-    take_all,
 )
 from .sockets import new_id
 from .timers import Timers
@@ -54,6 +56,7 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
+_REFUSALS = {503: b"Service Unavailable", 429: b"Too Many Requests"}
 
 
 class EngineServer:
@@ -67,6 +70,13 @@ class EngineServer:
         self._nursery: trio.Nursery | None = None
         self._max = settings.max_payload
         self.timers = Timers()
+        self.proxies = trusted_networks(settings.trusted_proxies)
+        self.handshakes = HandshakeWindow(settings.handshakes_per_ip,
+                                          settings.handshake_window, trio.current_time)
+        self.draining = False
+        """Draining: no new session is taken (handshakes answer 503)."""
+        self._ended: trio.Event | None = None
+        """Set when a session ends, for :meth:`drained`."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
@@ -103,6 +113,39 @@ class EngineServer:
             await session.run()
         finally:
             self.sessions.pop(session.sid, None)
+            if self._ended is not None:
+                self._ended.set()
+
+    def _refusal(self, scope: Scope) -> tuple[int, Headers] | None:
+        """Why a new session may not start now: the HTTP status (503 while draining or at
+        ``max_sessions``, 429 over the client address's handshakes) and headers; None
+        if it may. A handshake that passes is counted for its address."""
+        if self.draining or len(self.sessions) >= self.settings.max_sessions:
+            return 503, []
+        retry_after = self.handshakes.allow(scope_client(scope, self.proxies))
+        if retry_after is not None:
+            return 429, [(b"retry-after", str(math.ceil(retry_after)).encode())]
+        return None
+
+    # -- draining -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop taking new sessions, and tell every session's app that the server drains
+        (:data:`~.api.DRAIN`): it closes those it need not keep."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.post(DRAIN)
+
+    def close_all(self, reason: str) -> None:
+        """Close every session now with ``reason``."""
+        for session in list(self.sessions.values()):
+            session.close(reason)
+
+    async def drained(self) -> None:
+        """Return once no session is left."""
+        while self.sessions:
+            self._ended = trio.Event()
+            await self._ended.wait()
 
     def _open_packet(self, sid: str, upgrades: list[str]) -> eio.Packet:
         s = self.settings
@@ -133,6 +176,11 @@ class EngineServer:
         if sid is None:
             if method != "GET":
                 await self._error(send, BAD_HANDSHAKE_METHOD, cors)
+                return
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                status, headers = refusal
+                await respond(send, status, _REFUSALS[status], [*cors, *headers])
                 return
             session = self._start("polling")
             body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
@@ -174,6 +222,7 @@ class EngineServer:
                     pass
                 finally:
                     session.polling_get = None
+                    session.taken(frames)
             answer = session.poll_answer
             session.poll_answer = None
             if frames or answer != _PROBED:
@@ -206,7 +255,14 @@ class EngineServer:
             return
         session.polling_post = True
         try:
-            raw = await read_body(receive, self._max)
+            raw: bytes | None = None
+            with trio.move_on_after(self.settings.body_timeout) as reading:
+                raw = await read_body(receive, self._max)
+            if reading.cancelled_caught:
+                # Too slow: the connection goes (the body is unread), and the session.
+                session.close("transport error")
+                await respond(send, 408, b"Request Timeout", [*cors, (b"connection", b"close")])
+                return
             if raw is None:
                 session.close("transport error")
                 await respond(send, 413, b"Payload Too Large", cors)
@@ -237,7 +293,7 @@ class EngineServer:
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
-        await self.serve_websocket(scope, ASGIWebSocket(receive, send))
+        await self.serve_websocket(scope, ASGIWebSocket(receive, send, scope))
 
     async def serve_websocket(self, scope: Scope, ws: WebSocket) -> None:
         """Serve one WebSocket request (``scope`` gives its query and headers) until its
@@ -250,6 +306,10 @@ class EngineServer:
             return
         sid = params.get("sid")
         if sid is None:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await ws.refuse(*refusal)
+                return
             session = self._start("websocket")
             await ws.accept()
             await ws.send_frames((eio.encode_text(self._open_packet(session.sid, [])),))
@@ -308,7 +368,7 @@ class EngineServer:
         async with trio.open_nursery() as nursery:
             flushing = trio.CancelScope()
             if direct is not None:
-                direct.start(nursery, session.outbox)
+                direct.start(nursery, session.take)
             else:
                 nursery.start_soon(_websocket_writer, session, ws, flushing)
             try:
@@ -359,8 +419,9 @@ class WebSocket(Protocol):
     async def accept(self) -> None:
         """Complete the opening handshake."""
 
-    async def refuse(self) -> None:
-        """Refuse the handshake (HTTP 403); the request is over."""
+    async def refuse(self, status: int = 403, headers: Headers | None = None) -> None:
+        """Refuse the handshake with HTTP ``status`` (and ``headers``); the request is
+        over."""
 
     async def receive(self) -> str | bytes | None:
         """The next whole message (``str``: a text frame); None once the peer has gone
@@ -379,10 +440,10 @@ class DirectWebSocket(WebSocket, DirectWriter, Protocol):
     """A :class:`WebSocket` that the session task writes to itself, without waiting
     (see :class:`~.session.DirectWriter`); its transport has no writer task."""
 
-    def start(self, nursery: trio.Nursery, outbox: trio.MemoryReceiveChannel[OutFrame]
-              ) -> None:
-        """The session's socket from now on: send what ``outbox`` holds; tasks the
-        transport needs (to flush what the kernel would not take) go in ``nursery``."""
+    def start(self, nursery: trio.Nursery, take: Callable[[], list[OutFrame]]) -> None:
+        """The session's socket from now on: send what the session's outbox holds (``take``
+        takes all of it, without waiting); tasks the transport needs (to flush what the
+        kernel would not take) go in ``nursery``."""
 
     def stop(self) -> None:
         """The session has closed: stop any task of the transport's in the nursery."""
@@ -395,15 +456,23 @@ class ASGIWebSocket:
     """:class:`WebSocket` over an ASGI server's ``receive`` / ``send``, after
     ``websocket.connect``."""
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, scope: Scope | None = None) -> None:
         self._receive = receive
         self._send = send
+        self._responses = "websocket.http.response" in (scope or {}).get("extensions", {})
+        """The server can answer the handshake with an HTTP response of ours."""
 
     async def accept(self) -> None:
         await self._send({"type": "websocket.accept"})
 
-    async def refuse(self) -> None:
-        await self._send({"type": "websocket.close", "code": 1008})
+    async def refuse(self, status: int = 403, headers: Headers | None = None) -> None:
+        if status == 403 or not self._responses:
+            # The server refuses it itself (hypercorn: 403).
+            await self._send({"type": "websocket.close", "code": 1008})
+            return
+        await self._send({"type": "websocket.http.response.start", "status": status,
+                          "headers": [*(headers or ()), (b"content-length", b"0")]})
+        await self._send({"type": "websocket.http.response.body", "body": b""})
 
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
@@ -435,7 +504,7 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
         try:
             while True:
                 try:
-                    frames = take_all(outbox, [await outbox.receive()])
+                    frames = session.take([await outbox.receive()])
                 except trio.EndOfChannel:
                     break
                 await ws.send_frames(frames)

@@ -17,9 +17,12 @@ Bounds, and what happens when they are full:
   else is. :meth:`post` (other actors) never waits: if the posts overflow, the session
   is closed with reason ``"mailbox overflow"``: it is not keeping up, and an actor that
   relays to it must never stall for it.
-- outbox: ``outbox_size`` packets. :meth:`send_packets` never waits: a client that does
+- outbox: ``outbox_size`` packets and ``outbox_bytes`` bytes (characters of a text
+  packet, bytes of a binary one). :meth:`send_packets` never waits: a client that does
   not read what is sent to it is closed with reason ``"outbox overflow"``, so it costs
-  no more than that bound and never slows the sender.
+  no more than that bound and never slows the sender. Transports take from the outbox
+  through :meth:`EngineSession.take` (or hand what they received to
+  :meth:`EngineSession.taken`), which keeps the byte count.
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ class EngineSession:
         "_mailbox",
         "_mailbox_send",
         "_next_ping",
+        "_outbox_bytes",
+        "_outbox_bytes_limit",
         "_outbox_limit",
         "_outbox_send",
         "_pong_due",
@@ -168,6 +173,9 @@ class EngineSession:
             settings.outbox_size
         )
         self._outbox_limit = settings.outbox_size
+        self._outbox_bytes_limit = settings.outbox_bytes
+        self._outbox_bytes = 0
+        """What the outbox holds, in characters of text and bytes of binary packets."""
         # Posts, client credits, and one slot for the wake-up (_WAKE).
         self._mailbox_send, self._mailbox = trio.open_memory_channel[
             object](settings.mailbox_size + _CLIENT_CREDITS + 1)
@@ -204,11 +212,13 @@ class EngineSession:
         if self.closed:
             return
         used = self._outbox_send.statistics().current_buffer_used
-        if used + len(frames) > self._outbox_limit:
+        size = self._outbox_bytes + sum(map(len, frames))
+        if used + len(frames) > self._outbox_limit or size > self._outbox_bytes_limit:
             self.close("outbox overflow")
             return
         for frame in frames:
             self._outbox_send.send_nowait(frame)
+        self._outbox_bytes = size
         if self._sleeping and self._direct is not None:
             self.wake()  # from another task: the session task writes them
 
@@ -216,13 +226,31 @@ class EngineSession:
         """:meth:`send_packets` for a single packet, without building a list."""
         if self.closed:
             return
+        size = self._outbox_bytes + len(frame)
+        if size > self._outbox_bytes_limit:
+            self.close("outbox overflow")
+            return
         try:
             self._outbox_send.send_nowait(frame)
         except trio.WouldBlock:
             self.close("outbox overflow")
             return
+        self._outbox_bytes = size
         if self._sleeping and self._direct is not None:
             self.wake()  # from another task: the session task writes it
+
+    def take(self, frames: list[OutFrame] | None = None) -> list[OutFrame]:
+        """Everything the outbox holds now, without waiting, appended to ``frames`` (what
+        the caller received from :attr:`outbox` itself, or None); counted out of the
+        outbox's bytes."""
+        taken = take_all(self.outbox, frames)
+        self.taken(taken)
+        return taken
+
+    def taken(self, frames: Sequence[OutFrame]) -> None:
+        """A transport received these from :attr:`outbox`: they no longer count."""
+        if frames:
+            self._outbox_bytes -= sum(map(len, frames))
 
     def post(self, message: object) -> None:
         """Hand ``message`` to the app's ``on_post`` in the session task; never waits.
@@ -408,7 +436,7 @@ class EngineSession:
     def _write_direct(self, direct: DirectWriter) -> None:
         if not direct.idle:
             return  # the transport takes them from the outbox when it can
-        frames = take_all(self.outbox)
+        frames = self.take()
         if frames:
             direct.write_now(frames)
 
