@@ -166,7 +166,9 @@ class Settings:
     def conformance(self) -> Settings:
         """The settings that the official protocol test suites expect."""
         return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
-                            allowed_origins=("*",))  # type: ignore[arg-type]
+                            allowed_origins=("*",),  # type: ignore[arg-type]
+                            # The suites handshake hundreds of times from one address.
+                            handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000)
 
 
 def _convert(field: attrs.Attribute[Any], raw: str) -> Any:

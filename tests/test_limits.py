@@ -52,6 +52,10 @@ UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 
     ("10.1.2.3", [b"6.6.6.6, garbage"], "10.1.2.3"),  # garbage where ours write
     ("10.1.2.3", [b"2001:db8::1"], "2001:db8::1"),
     ("10.1.2.3", [b" , 198.51.100.1 ,"], "198.51.100.1"),
+    ("::ffff:10.1.2.3", [b"198.51.100.1"], "198.51.100.1"),  # IPv4 on an IPv6 socket
+    ("::ffff:203.0.113.5", [b"198.51.100.1"], "203.0.113.5"),
+    ("", [b"198.51.100.1"], "198.51.100.1"),  # a Unix socket: a local proxy
+    ("", [], ""),
 ])
 def test_client_address(peer: str, headers: list[bytes], client: str) -> None:
     assert client_address(peer, headers, PROXIES) == client
@@ -59,6 +63,7 @@ def test_client_address(peer: str, headers: list[bytes], client: str) -> None:
 
 def test_no_trusted_proxies_means_the_peer() -> None:
     assert client_address("10.1.2.3", [b"198.51.100.1"], ()) == "10.1.2.3"
+    assert client_address("::ffff:10.1.2.3", [b"198.51.100.1"], ()) == "10.1.2.3"
     scope = {"client": ("10.1.2.3", 5), "headers": [(b"x-forwarded-for", b"198.51.100.1")]}
     assert scope_client(scope, PROXIES) == "198.51.100.1"
     assert scope_client({"headers": []}, PROXIES) == ""

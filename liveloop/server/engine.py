@@ -31,6 +31,7 @@ from .session import (
     OutFrame,
     SessionApp,
     SessionClosed,
+    Transport,
 )
 from .sockets import new_id
 from .timers import Timers
@@ -99,7 +100,7 @@ class EngineServer:
         status = 403 if code == FORBIDDEN else 400
         await respond(send, status, body, headers, b"application/json")
 
-    def _start(self, transport: str) -> EngineSession:
+    def _start(self, transport: Transport) -> EngineSession:
         if self._nursery is None:
             raise RuntimeError("EngineServer.run() is not running")
         sid = new_id()
@@ -182,7 +183,7 @@ class EngineServer:
                 status, headers = refusal
                 await respond(send, status, _REFUSALS[status], [*cors, *headers])
                 return
-            session = self._start("polling")
+            session = self._start(Transport.POLLING)
             body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
             await respond(send, 200, body.encode(), cors)
             return
@@ -190,7 +191,7 @@ class EngineServer:
         if found is None:
             await self._error(send, SESSION_ID_UNKNOWN, cors)
             return
-        if found.transport != "polling":
+        if found.state is Transport.WEBSOCKET:
             # Polling is over for this session. As for a duplicate WebSocket, answer a
             # beat late, so the refusal can't overtake frames in flight on the new one.
             await trio.sleep(_STRAGGLER_DELAY)
@@ -210,7 +211,7 @@ class EngineServer:
             session.close("transport error")
             await self._error(send, BAD_REQUEST, cors)
             return
-        if not session.probed:
+        if session.state is not Transport.PAUSED:
             frames: list[OutFrame] = []
             with trio.CancelScope() as waiting:
                 session.polling_get = waiting
@@ -310,7 +311,7 @@ class EngineServer:
             if refusal is not None:
                 await ws.refuse(*refusal)
                 return
-            session = self._start("websocket")
+            session = self._start(Transport.WEBSOCKET)
             await ws.accept()
             await ws.send_frames((eio.encode_text(self._open_packet(session.sid, [])),))
         else:
@@ -318,7 +319,7 @@ class EngineServer:
             if found is None:
                 await ws.refuse()
                 return
-            if found.transport != "polling" or found.upgrading:
+            if found.state is not Transport.POLLING:
                 # A second WebSocket for a session that has one: accepted, then closed,
                 # and the session it named goes on untouched. Mid-upgrade, it is closed
                 # once the upgrade has settled, so it can't overtake the first one.
@@ -331,7 +332,7 @@ class EngineServer:
                 await ws.close(1008)
                 return
             session = found
-            session.upgrading = True  # before accepting: a second WebSocket must see it
+            session.state = Transport.PROBING  # before accepting: a second WebSocket sees it
             await ws.accept()
             if not await self._upgrade(session, ws):
                 await ws.close(1000)
@@ -347,16 +348,17 @@ class EngineServer:
                     return False
                 await ws.send_frames(("3probe",))
                 # Release the pending GET with a NOOP so that the client can pause.
-                session.probed = True
+                session.state = Transport.PAUSED
                 session.release_poll(_PROBED)
                 if await ws.receive() != "5" or session.closed:
                     return False
-                session.transport = "websocket"
+                session.state = Transport.WEBSOCKET
                 session.upgraded.set()
                 return True
             return False
         finally:
-            session.upgrading = session.probed = False
+            if session.state is not Transport.WEBSOCKET:
+                session.state = Transport.POLLING
 
     async def _websocket_loop(self, session: EngineSession, ws: WebSocket) -> None:
         """Read in this task until the session closes; then what it queued last has a

@@ -4,7 +4,9 @@ The client address is the socket's peer, unless that peer is a trusted proxy
 (``trusted_proxies``): then it is the rightmost address of ``X-Forwarded-For`` that is not
 itself a trusted proxy (a client can put anything on the left of that header; only what
 our own proxies appended can be believed). A header that names nothing usable falls back
-to the peer.
+to the peer. A peer without an address (``""``: a Unix socket, which only a local process
+can reach) is a trusted proxy; an IPv4 address seen through an IPv6 socket
+(``::ffff:a.b.c.d``) is the IPv4 address.
 
 Both counters below belong to one listener or one Engine.IO server and are used from
 Trio tasks without awaiting in between, so they need no lock. Their memory is bounded by
@@ -30,19 +32,36 @@ def trusted_networks(entries: Iterable[str]) -> tuple[_Network, ...]:
 
 
 def trusted(address: str, proxies: Sequence[_Network]) -> bool:
-    """Whether ``address`` is one of ``proxies``."""
+    """Whether ``address`` is one of ``proxies`` (or ``""``: a Unix socket's peer)."""
+    if not address:
+        return True
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
     return any(ip in network for network in proxies)
+
+
+def _plain(address: str) -> str:
+    """``address`` with an IPv4-mapped IPv6 address written as IPv4."""
+    if address.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(address).ipv4_mapped
+        except ValueError:
+            return address
+        if mapped is not None:
+            return str(mapped)
+    return address
 
 
 def client_address(peer: str, forwarded_for: Sequence[bytes],
                    proxies: Sequence[_Network]) -> str:
     """The client's address: see the module docstring. ``forwarded_for`` holds every
     ``X-Forwarded-For`` header's value, in order."""
-    if not proxies or not forwarded_for or not trusted(peer, proxies):
+    peer = _plain(peer)
+    if not forwarded_for or not trusted(peer, proxies):
         return peer
     hops = [hop.strip() for value in forwarded_for
             for hop in value.decode("latin-1").split(",")]

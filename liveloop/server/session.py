@@ -27,6 +27,7 @@ Bounds, and what happens when they are full:
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Sequence
@@ -110,6 +111,28 @@ class _Wake:
 _WAKE = _Wake()
 
 
+class Transport(enum.Enum):
+    """Which transport carries a session, as one state machine::
+
+        POLLING --WebSocket with the sid accepted--> PROBING --2probe/3probe--> PAUSED
+           ^                                            |                        |
+           +------- probe failed, timed out, or its WebSocket closed -----------+
+                                                                                 |
+        WEBSOCKET <-------------------------------- 5 (upgrade) ----------------+
+
+    A session that starts on a WebSocket is WEBSOCKET from the start; WEBSOCKET is final.
+    """
+
+    POLLING = "polling"
+    PROBING = "probing"
+    """A WebSocket for this session is probing; polling goes on, and a second WebSocket
+    is refused."""
+    PAUSED = "paused"
+    """The probe was answered: polling is paused (a GET answers NOOP at once) until the
+    client's upgrade packet."""
+    WEBSOCKET = "websocket"
+
+
 class SessionClosed(Exception):
     """The session is closed; nothing more can be delivered to it."""
 
@@ -147,25 +170,21 @@ class EngineSession:
         "poll_answer",
         "polling_get",
         "polling_post",
-        "probed",
         "settings",
         "sid",
-        "transport",
+        "state",
         "upgraded",
-        "upgrading",
     )
 
-    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: str,
+    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: Transport,
                  timers: Timers) -> None:
         self.sid = sid
         self.settings = settings
         self.app = app
-        self.transport = transport
-        """``"polling"`` or ``"websocket"``; changes once, on a completed upgrade."""
-        self.upgrading = False
-        self.probed = False
+        self.state = transport
+        """The transport state machine (:class:`Transport`); the Engine.IO server moves it."""
         self.upgraded = trio.Event()
-        """Mid-upgrade, after the probe: polling is paused, GETs answer NOOP at once."""
+        """Set when :attr:`state` becomes WEBSOCKET by an upgrade."""
         self.closed = False
         self.closed_event = trio.Event()
         self.close_reason: str | None = None
@@ -200,6 +219,11 @@ class EngineSession:
         self.polling_post = False
         self.poll_answer: str | None = None
         """What a GET released by :meth:`release_poll` answers when it has nothing."""
+
+    @property
+    def transport(self) -> str:
+        """``"polling"`` or ``"websocket"``: the transport that carries the session now."""
+        return "websocket" if self.state is Transport.WEBSOCKET else "polling"
 
     # -- called by transports and other actors (any task, never blocking) ----------
 

@@ -44,6 +44,16 @@ class FastWebSocket:
     :attr:`idle`: the session then leaves its packets in its outbox, whose bound is
     what a slow reader may cost, and the flusher takes them once the kernel has taken
     the rest.
+
+    Every byte goes to the socket through two methods, :meth:`_write_now` (what the
+    kernel takes now, the rest appended to :attr:`_pending`) and :meth:`_drain` (waits
+    until :attr:`_pending` is sent), so the order of bytes is decided in one place. Three
+    tasks call them, one at a time by construction: the session task while the transport
+    is :attr:`idle` (it writes what its events produced, with no task switch on the way:
+    see ``docs/performance.md``), the flusher only while
+    bytes are pending (the session task then writes nothing), and the connection task for
+    the handshake and, once the session has closed and the flusher stopped, for
+    :meth:`finish`.
     """
 
     def __init__(self, stream: trio.SocketStream, http: h11.Connection,
