@@ -27,6 +27,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [settings.bind]
     config.websocket_max_message_size = settings.max_payload
     config.accesslog = None
+    # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     config.keep_alive_timeout = settings.header_timeout  # the front door's too
     return config
@@ -43,7 +45,8 @@ async def serve(app: RootApp, settings: Settings, *,
         await nursery.start(app.run)
         engines = app._engines  # RootApp's own routing: Engine.IO path -> server
         binds: list[str] = await nursery.start(
-            partial(frontdoor.serve, app, engines, hypercorn_config(settings), settings)
+            partial(frontdoor.serve, app, engines, hypercorn_config(settings), settings,
+                    metrics=app.metrics)
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)

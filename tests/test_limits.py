@@ -293,3 +293,29 @@ async def test_asgi_websocket_refusal_is_an_http_answer(nursery: trio.Nursery) -
     assert sent[0]["type"] == "websocket.http.response.start"
     assert sent[0]["status"] == 429
     assert not engine.sessions
+
+
+async def test_refusals_are_counted(nursery: trio.Nursery) -> None:
+    from .test_metrics import scrape, value
+
+    settings = Settings(bind="127.0.0.1:0", metrics_bind="127.0.0.1:0", handshakes_per_ip=1,
+                        handshake_window=600.0, max_connections_per_ip=1, max_sessions=1,
+                        header_timeout=0.5)
+    app = create_app(settings)
+    url = await start_server(nursery, app, settings)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    async with await trio.open_tcp_stream(host, int(port)) as stream:
+        assert (await request(stream, POLL)).status == 200
+        assert (await request(stream, POLL)).status == 503  # max_sessions first
+        assert (await request(stream, POLL, forwarded("1.2.3.4"))).status == 503
+    await until_not(url, "/", 429)  # the server has seen that close
+    before = value(await scrape(app), "liveloop_refused_total", limit="connections_per_ip")
+    async with await trio.open_tcp_stream(host, int(port)) as held:
+        await held.send_all(b"GET / HTTP/1.1\r\n")
+        assert (await fetch(url, "/")).status == 429
+        await closed_by_server(held)
+    found = await scrape(app)
+    assert value(found, "liveloop_refused_total", limit="connections_per_ip") == before + 1
+    assert value(found, "liveloop_refused_total", limit="header_timeout") == 1
+    assert value(found, "liveloop_refused_total", limit="sessions") == 2
+    assert value(found, "liveloop_refused_total", limit="handshakes_per_ip") == 0

@@ -18,6 +18,8 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from ..config import Settings
+from ..logs import clip
+from ..metrics import Metrics
 from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
 from .api import DRAIN
@@ -63,8 +65,10 @@ _REFUSALS = {503: b"Service Unavailable", 429: b"Too Many Requests"}
 class EngineServer:
     """Serves Engine.IO at one path; ``app_factory`` makes each session's app."""
 
-    def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp]) -> None:
+    def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp],
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics(enabled=False)
         self.app_factory = app_factory
         self.sessions: dict[str, EngineSession] = {}
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -106,6 +110,7 @@ class EngineServer:
         sid = new_id()
         session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
+        self.metrics.session_opened(session.transport)
         self._nursery.start_soon(self._run_session, session)
         return session
 
@@ -114,6 +119,10 @@ class EngineServer:
             await session.run()
         finally:
             self.sessions.pop(session.sid, None)
+            reason = session.close_reason or "transport close"
+            self.metrics.session_ended(session.transport, reason)
+            log.debug("session closed", extra={"sid": session.sid, "reason": reason,
+                                               "transport": session.transport})
             if self._ended is not None:
                 self._ended.set()
 
@@ -122,9 +131,11 @@ class EngineServer:
         ``max_sessions``, 429 over the client address's handshakes) and headers; None
         if it may. A handshake that passes is counted for its address."""
         if self.draining or len(self.sessions) >= self.settings.max_sessions:
+            self.metrics.refused("draining" if self.draining else "sessions")
             return 503, []
         retry_after = self.handshakes.allow(scope_client(scope, self.proxies))
         if retry_after is not None:
+            self.metrics.refused("handshakes_per_ip")
             return 429, [(b"retry-after", str(math.ceil(retry_after)).encode())]
         return None
 
@@ -261,6 +272,7 @@ class EngineServer:
                 raw = await read_body(receive, self._max)
             if reading.cancelled_caught:
                 # Too slow: the connection goes (the body is unread), and the session.
+                self.metrics.refused("body_timeout")
                 session.close("transport error")
                 await respond(send, 408, b"Request Timeout", [*cors, (b"connection", b"close")])
                 return
@@ -274,7 +286,10 @@ class EngineServer:
                     max_packets=self.settings.max_packets_per_payload,
                 )
                 messages, close = _client_packets(session, packets)
-            except (ProtocolError, UnicodeDecodeError):
+            except (ProtocolError, UnicodeDecodeError) as exc:
+                detail = exc.reason if isinstance(exc, ProtocolError) else "invalid UTF-8"
+                log.info("protocol error; closing", extra={
+                    "sid": session.sid, "reason": "parse error", "detail": clip(detail)})
                 session.close("parse error")
                 await self._error(send, BAD_REQUEST, cors)
                 return
@@ -353,6 +368,7 @@ class EngineServer:
                 if await ws.receive() != "5" or session.closed:
                     return False
                 session.state = Transport.WEBSOCKET
+                self.metrics.upgraded()
                 session.upgraded.set()
                 return True
             return False
@@ -406,7 +422,8 @@ class EngineServer:
                     continue
                 _, close = _client_packets(session, (packet,))
             except ProtocolError as exc:
-                log.info("session %s: %s", session.sid, exc.reason)
+                log.info("protocol error; closing", extra={
+                    "sid": session.sid, "reason": "parse error", "detail": clip(exc.reason)})
                 session.close("parse error")
                 return
             except SessionClosed:
@@ -513,7 +530,8 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
             await ws.close(1000)
         except Exception as exc:  # the server refuses sends once the peer left
             if not session.closed:
-                log.info("session %s: write failed: %r", session.sid, exc)
+                log.info("write failed; closing", extra={
+                    "sid": session.sid, "reason": "transport error", "detail": clip(repr(exc))})
             session.close("transport error")
 
 

@@ -30,6 +30,7 @@ from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..config import Settings
+from ..metrics import Metrics
 from .asgi import Scope
 from .engine import EngineServer
 from .limits import ConnectionCount, client_address, trusted, trusted_networks
@@ -52,10 +53,11 @@ _Engines = dict[str, EngineServer]
 
 
 async def serve(app: Any, engines: _Engines, config: Config, settings: Settings, *,
+                metrics: Metrics | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
     (path without trailing slash -> server) here, the rest by hypercorn with ``app``;
-    ``settings`` give the per-address connection limit.
+    ``settings`` give the per-address connection limit; refusals count in ``metrics``.
 
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
@@ -76,7 +78,7 @@ async def serve(app: Any, engines: _Engines, config: Config, settings: Settings,
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
         server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()),
-                        settings)
+                        settings, metrics)
         task_status.started(binds)
         await trio.serve_listeners(server.handle, listeners)
 
@@ -92,7 +94,8 @@ class Server:
     """
 
     def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState, settings: Settings) -> None:
+                 state: ConnectionState, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
         self._engines = engines
         self._app = app
         self._config = config
@@ -100,6 +103,7 @@ class Server:
         self._state = state
         self._proxies = trusted_networks(settings.trusted_proxies)
         self.connections = ConnectionCount(settings.max_connections_per_ip)
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
 
     async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         """Serve one connection; whatever goes wrong with it ends it alone."""
@@ -117,6 +121,7 @@ class Server:
 
     def _count(self, address: str, counted: list[str]) -> bool:
         if not self.connections.open(address):
+            self._metrics.refused("connections_per_ip")
             return False
         counted.append(address)
         return True
@@ -143,6 +148,7 @@ class Server:
                 except h11.RemoteProtocolError:
                     break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
         if waiting.cancelled_caught:
+            self._metrics.refused("header_timeout")
             return  # as hypercorn's keep-alive timeout closes a silent connection
         if proxied:
             forwarded = ([value for name, value in event.headers if name == b"x-forwarded-for"]
