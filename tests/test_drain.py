@@ -155,3 +155,18 @@ async def test_a_second_signal_stops_at_once(start: Any) -> None:
         await relays(a, b)
         server.signal(signal.SIGTERM)
         assert await server.exit_status() == 0  # long before the 600 s
+
+
+async def test_a_polling_client_is_let_go_too(start: Any) -> None:
+    """python-socketio over long-polling: its pending GET ends with the session's CLOSE,
+    and the server exits once it is gone."""
+    server = await start("--drain-timeout", "600")
+    async with NodeClient("python") as driver:
+        idle = Sock(driver, "idle")
+        with trio.fail_after(DEADLINE):
+            await idle.connect(server.url, transports=["polling"], reconnection=True)
+        server.signal(signal.SIGTERM)
+        with trio.fail_after(DEADLINE):
+            await idle.wait("disconnect")
+        assert await server.exit_status() == 0
+    assert b"Traceback" not in server.log
