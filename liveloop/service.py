@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from .config import Settings
+from .ice import IceServers
 from .matchmaker import Matchmaker
 from .peer import LiveLoopNamespace
 from .status import Snapshot, status_json
@@ -24,7 +25,8 @@ class LiveLoop:
         self.settings = settings
         self.matchmaker = Matchmaker(settings)
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
-                                            self._snapshot)
+                                            self._snapshot,
+                                            ice=IceServers.from_settings(settings))
 
     def _snapshot(self) -> Snapshot:
         return self.matchmaker.snapshot
