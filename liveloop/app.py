@@ -128,13 +128,15 @@ def rest_app(settings: Settings, status: Callable[[], dict[str, Any]]) -> ASGIAp
 
 
 def create_app(settings: Settings) -> RootApp:
-    """Live Loop itself: the service's namespace at ``settings.path``, plus REST."""
+    """Live Loop itself: the service's namespace at ``settings.path``, plus REST and the
+    web client at ``/app/``."""
+    from .server.static import StaticMount, web_files
     from .service import LiveLoop
 
     service = LiveLoop(settings)
     engine = socketio_server(settings, {"/": service.namespace})
-    return RootApp({settings.path: engine}, rest_app(settings, service.status),
-                   (service.run,))
+    http = StaticMount("/app", web_files(), rest_app(settings, service.status))
+    return RootApp({settings.path: engine}, http, (service.run,))
 
 
 def _lazy_app() -> ASGIApp:
