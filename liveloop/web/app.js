@@ -36,6 +36,7 @@ let phase = "offline"; // offline, idle, waiting, call
 let connectedOnce = false;
 let media = null; // MediaStream or null
 let call = null;
+let room = null; // the current room's id, from match-done until the call ends
 let early = []; // signaling that arrived while the call was being set up
 let partner = null; // {socket, userName, userImage}
 let ice = null; // {servers, expires}
@@ -145,6 +146,7 @@ async function iceServers() {
 function endCall() {
   call?.close();
   call = null;
+  room = null;
   early = [];
   partner = null;
   ui.remote.srcObject = null;
@@ -152,6 +154,7 @@ function endCall() {
 
 async function beginCall({ roomId, remoteUserDetails, initiator }) {
   endCall();
+  room = roomId;
   partner = remoteUserDetails;
   ui.partnerName.textContent = partner.userName;
   ui.partnerImage.src = partner.userImage || "";
@@ -159,7 +162,7 @@ async function beginCall({ roomId, remoteUserDetails, initiator }) {
   ui.partnerImage.alt = partner.userImage ? `${partner.userName}'s picture` : "";
   setPhase("call", `In a call with ${partner.userName}.`);
   const servers = await iceServers();
-  if (phase !== "call" || partner !== remoteUserDetails) return; // ended meanwhile
+  if (room !== roomId) return; // ended meanwhile
   const states = {
     connecting: `In a call with ${partner.userName}. Connecting video…`,
     connected: `In a call with ${partner.userName}.`,
@@ -180,6 +183,8 @@ function signal(kind, data) {
   else if (phase === "call") early.push([kind, data]);
 }
 
+// Start (roomId null) or Next (the current room): the call ends only once the server
+// has agreed, so a refused Next (rate-limited) leaves the call as it was.
 function requestRoom(roomId) {
   const name = ui.name.value.trim();
   if (!name) {
@@ -189,11 +194,12 @@ function requestRoom(roomId) {
   }
   localStorage.setItem(NAME_KEY, name);
   showError("");
-  const previous = phase;
-  setPhase("waiting", "Waiting for someone…");
+  const roomBefore = room;
   socket.emit("request-room", { name, roomId, userImage: thumbnail(ui.local) }, (ack) => {
-    if (!ack.ok && phase === "waiting" && ack.error.code !== "invalid-room") {
-      setPhase(previous === "call" ? "idle" : previous, "Ready. Press Start to meet someone.");
+    if (!ack.ok && ack.error.code !== "invalid-room") return; // error-message says why
+    if (room === roomBefore) {
+      if (roomBefore !== null) endCall();
+      setPhase("waiting", "Waiting for someone…");
     }
   });
 }
@@ -202,13 +208,9 @@ function requestRoom(roomId) {
 
 ui.name.value = localStorage.getItem(NAME_KEY) ?? "";
 ui.start.addEventListener("click", () => requestRoom(null));
-ui.next.addEventListener("click", () => {
-  const roomId = call?.roomId ?? null;
-  endCall();
-  requestRoom(roomId);
-});
+ui.next.addEventListener("click", () => requestRoom(room));
 ui.stop.addEventListener("click", () => {
-  socket.emit("stop-call", call ? { roomId: call.roomId } : {});
+  socket.emit("stop-call", room ? { roomId: room } : {});
   endCall();
   setPhase("idle", "You left. Press Start to meet someone.");
 });
@@ -218,7 +220,7 @@ ui.chat.addEventListener("submit", (event) => {
   event.preventDefault();
   const message = ui.message.value;
   if (!message.trim() || phase !== "call") return;
-  socket.emit("newMessage", { message, roomId: call?.roomId ?? null }, (ack) => {
+  socket.emit("newMessage", { message, roomId: room }, (ack) => {
     if (ack.ok) ui.message.value = "";
   });
 });
