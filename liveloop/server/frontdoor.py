@@ -241,4 +241,5 @@ class _TLSReplay(_Replay):
         await trio.lowlevel.checkpoint()
 
     def selected_alpn_protocol(self) -> str | None:
-        return self._tls.selected_alpn_protocol()
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
