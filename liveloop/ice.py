@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import math
 import secrets
 import time
@@ -25,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from .config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def turn_username(expiry: int, connection_id: str) -> str:
@@ -54,8 +55,7 @@ def read_secret(settings: Settings) -> bytes:
     """
     secret = settings.turn_secret
     if settings.turn_secret_file:
-        lines = Path(settings.turn_secret_file).read_text(encoding="utf-8").splitlines()
-        secret = lines[0].strip() if lines else ""
+        secret = _first_line(Path(settings.turn_secret_file))
         if not secret:
             raise ValueError(f"turn_secret_file {settings.turn_secret_file} is empty")
     if settings.turn_urls and not secret:
@@ -63,15 +63,32 @@ def read_secret(settings: Settings) -> bytes:
     return secret.encode()
 
 
-@attrs.frozen
-class IceServers:
-    """What ``get-ice-servers`` answers, built once from the settings at startup."""
+def _first_line(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0].strip() if lines else ""
 
-    stun_urls: tuple[str, ...]
-    turn_urls: tuple[str, ...]
-    secret: bytes = attrs.field(repr=False)
-    ttl: int
-    wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)
+
+class IceServers:
+    """What ``get-ice-servers`` answers, built once from the settings at startup.
+
+    A secret given by file is read again when the file changes (its modification time),
+    so rotating the secret needs no restart (docs/turn.md). A file that cannot be read
+    or is empty then keeps the secret in use, and says so in the log (never the secret).
+    """
+
+    def __init__(self, stun_urls: tuple[str, ...], turn_urls: tuple[str, ...],
+                 secret: bytes, ttl: int, *, secret_file: str = "",
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.stun_urls = stun_urls
+        self.turn_urls = turn_urls
+        self._secret = secret
+        self.ttl = ttl
+        self._file = Path(secret_file) if secret_file else None
+        self._stamp = self._file_stamp()
+        self._wall_clock = wall_clock
+
+    def __repr__(self) -> str:  # the secret stays out
+        return f"IceServers(stun={self.stun_urls!r}, turn={self.turn_urls!r}, ttl={self.ttl})"
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -80,7 +97,36 @@ class IceServers:
         if settings.turn_ttl <= 0:
             raise ValueError("turn_ttl must be positive")
         return cls(settings.stun_urls, settings.turn_urls, read_secret(settings),
-                   settings.turn_ttl, wall_clock)
+                   settings.turn_ttl, secret_file=settings.turn_secret_file,
+                   wall_clock=wall_clock)
+
+    @property
+    def secret(self) -> bytes:
+        """The secret in use, re-read first if its file has changed."""
+        stamp = self._file_stamp()
+        if stamp != self._stamp and self._file is not None:
+            self._stamp = stamp
+            try:
+                fresh = _first_line(self._file)
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("TURN secret file %s unreadable (%s); keeping the secret in use",
+                            self._file, type(exc).__name__)
+            else:
+                if fresh:
+                    self._secret = fresh.encode()
+                    log.info("TURN secret file %s changed: new credentials use it", self._file)
+                else:
+                    log.warning("TURN secret file %s is empty; keeping the secret in use",
+                                self._file)
+        return self._secret
+
+    def _file_stamp(self) -> int | None:
+        if self._file is None:
+            return None
+        try:
+            return self._file.stat().st_mtime_ns
+        except OSError:
+            return None
 
     def answer(self, connection_id: str) -> dict[str, Any]:
         """``{iceServers: [RTCIceServer...], ttl}`` for one connection.
@@ -92,7 +138,7 @@ class IceServers:
         if self.stun_urls:
             servers.append({"urls": list(self.stun_urls)})
         if self.turn_urls:
-            expiry = math.floor(self.wall_clock()) + self.ttl
+            expiry = math.floor(self._wall_clock()) + self.ttl
             username = turn_username(expiry, connection_id)
             servers.append({"urls": list(self.turn_urls), "username": username,
                             "credential": turn_password(self.secret, username)})

@@ -85,6 +85,8 @@ def stun_binding_answered(port: int, timeout: float = 0.2) -> bool:
 class Coturn:
     port: int
     secret: str
+    next_secret: str
+    """A second secret coturn accepts too, as while the secret is rotated."""
     realm: str
     log: Path
 
@@ -100,10 +102,11 @@ def start_coturn(workdir: Path) -> Iterator[Coturn]:
     port = free_port()
     secret = secrets.token_hex(16)
     log = workdir / "turnserver.log"
-    coturn = Coturn(port, secret, "liveloop.test", log)
+    coturn = Coturn(port, secret, secrets.token_hex(16), "liveloop.test", log)
     args = [
         program, "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
         f"--listening-port={port}", "--use-auth-secret", f"--static-auth-secret={secret}",
+        f"--static-auth-secret={coturn.next_secret}",
         f"--realm={coturn.realm}", "--no-tls", "--no-dtls", "--allow-loopback-peers",
         "--no-cli", "--no-tcp-relay", "--min-port=40000", "--max-port=40999",
         f"--pidfile={workdir / 'turnserver.pid'}", f"--log-file={log}", "--simple-log",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import time
 from pathlib import Path
 
@@ -53,6 +54,25 @@ def test_secret_from_a_file_and_never_in_repr(tmp_path: Path) -> None:
     settings = Settings(turn_urls=("turn:t",), turn_secret="hidden-secret")  # type: ignore[arg-type]
     assert "hidden-secret" not in repr(settings)
     assert "from-file" not in repr(servers)
+
+
+def test_a_changed_secret_file_is_read_again(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    path = tmp_path / "secret"
+    path.write_text("old-secret\n")
+    servers = ice(turn_urls=("turn:t",), turn_secret_file=str(path))
+    assert servers.secret == b"old-secret"
+    path.write_text("new-secret\n")
+    os.utime(path, ns=(1, 1))  # a different mtime, whatever the clock's resolution
+    assert servers.secret == b"new-secret"
+    password = servers.answer("x")["iceServers"][0]["credential"]
+    assert password == turn_password(b"new-secret", "1700000600:x")
+    path.write_text("")
+    os.utime(path, ns=(2, 2))
+    assert servers.secret == b"new-secret"  # an empty file keeps the secret in use
+    path.unlink()
+    assert servers.secret == b"new-secret"
+    assert "secret" in caplog.text and "new-secret" not in caplog.text
 
 
 def test_turn_without_a_secret_is_refused_at_start(tmp_path: Path) -> None:
