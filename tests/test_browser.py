@@ -327,6 +327,8 @@ def test_web_client_end_to_end(browser: Any, server: Liveloop, tmp_path: Path) -
     playwright_api.expect(start_button).to_be_enabled(timeout=(REQUEST_ROOM_PER + 5) * 1000)
     start_button.click()
     in_call_with(carl, "Bob")  # waiting longest; Ann came back to the queue after him
+    ann.reload()  # the name is remembered by the browser
+    playwright_api.expect(ann.get_by_label("Name", exact=True)).to_have_value("Ann")
     for page in (ann, bob, carl):
         assert not page.errors, page.errors
         page.context.close()
