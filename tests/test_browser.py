@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from liveloop.ice import turn_password, turn_username
 
@@ -412,3 +413,32 @@ def test_fallback_through_ice_restart_and_relay(browser: Any, server: Liveloop) 
     for page in (fay, gus):
         assert not page.errors, page.errors
         page.context.close()
+
+
+def test_https_page_connects_over_wss_and_says_when_the_server_goes(
+        browser: Any, workdir: Path) -> None:
+    """``liveloop serve --certfile --keyfile`` with a certificate made here: the page
+    loads over HTTPS, its socket upgrades to WSS; when the server stops, the page says it
+    is reconnecting, then that the server is unreachable."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = workdir / "cert.pem", workdir / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    with start_liveloop(workdir, "--certfile", str(certfile), "--keyfile", str(keyfile),
+                        name="liveloop-tls") as running:
+        assert running.url.startswith("https://")
+        context = browser.new_context(ignore_https_errors=True, bypass_csp=True,
+                                      permissions=["camera", "microphone"])
+        page = context.new_page()
+        page.goto(f"{running.url}/app/")
+        playwright_api.expect(page.get_by_role("status")).to_have_text(
+            "Ready. Press Start to meet someone.", timeout=WAIT)
+        assert page.evaluate("window.isSecureContext")
+        until(page, "() => window.liveloop.socket.io.engine.transport.name === 'websocket'")
+    playwright_api.expect(page.get_by_role("status")).to_contain_text(
+        "Reconnecting", timeout=WAIT)
+    playwright_api.expect(page.get_by_role("status")).to_contain_text(
+        "server unreachable", timeout=WAIT)
+    playwright_api.expect(page.get_by_role("button", name="Start", exact=True)).to_be_disabled()
+    context.close()
