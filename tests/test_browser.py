@@ -442,3 +442,30 @@ def test_https_page_connects_over_wss_and_says_when_the_server_goes(
         "server unreachable", timeout=WAIT)
     playwright_api.expect(page.get_by_role("button", name="Start", exact=True)).to_be_disabled()
     context.close()
+
+
+def test_a_page_from_another_origin_is_refused_by_default(browser: Any, server: Liveloop
+                                                          ) -> None:
+    """The allowed-origins setting holds for browsers: a page from elsewhere (served here
+    by Playwright's routing, with the same bundle) cannot connect, on either transport."""
+    bundle = (Path(__file__).parent.parent / "liveloop" / "web" / "vendor"
+              / "socket.io-client" / "socket.io.esm.min.js").read_bytes()
+    context = browser.new_context()
+    context.route("http://elsewhere.test/io.js", lambda route: route.fulfill(
+        body=bundle, content_type="text/javascript"))
+    context.route("http://elsewhere.test/", lambda route: route.fulfill(
+        body="<!doctype html><title>elsewhere</title>", content_type="text/html"))
+    page = context.new_page()
+    page.goto("http://elsewhere.test/")
+    outcome = page.evaluate("""async ([url, timeout]) => {
+      const { io } = await import("/io.js");
+      const attempt = (transports) => new Promise((resolve) => {
+        const socket = io(url, { transports, reconnection: false });
+        socket.on("connect", () => { socket.close(); resolve("connected"); });
+        socket.on("connect_error", () => { socket.close(); resolve("refused"); });
+        setTimeout(() => resolve("no answer"), timeout);
+      });
+      return [await attempt(["polling"]), await attempt(["websocket"])];
+    }""", [server.url, WAIT])
+    assert outcome == ["refused", "refused"]
+    context.close()
