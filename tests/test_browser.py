@@ -416,17 +416,20 @@ def test_fallback_through_ice_restart_and_relay(browser: Any, server: Liveloop) 
 
 
 def test_https_page_connects_over_wss_and_says_when_the_server_goes(
-        browser: Any, workdir: Path) -> None:
+        browser: Any, workdir: Path, coturn: Coturn) -> None:
     """``liveloop serve --certfile --keyfile`` with a certificate made here: the page
-    loads over HTTPS, its socket upgrades to WSS; when the server stops, the page says it
-    is reconnecting, then that the server is unreachable."""
+    loads over HTTPS, its socket upgrades to WSS, and it asks for fresh TURN credentials
+    before they expire (a 3 s TTL here); when the server stops, the page says it is
+    reconnecting, then that the server is unreachable."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     certfile, keyfile = workdir / "cert.pem", workdir / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
     cert.private_key_pem.write_to_path(str(keyfile))
+    env = {"LIVELOOP_TURN_URLS": coturn.url, "LIVELOOP_TURN_SECRET": coturn.secret,
+           "LIVELOOP_TURN_TTL": "3"}
     with start_liveloop(workdir, "--certfile", str(certfile), "--keyfile", str(keyfile),
-                        name="liveloop-tls") as running:
+                        name="liveloop-tls", env=env) as running:
         assert running.url.startswith("https://")
         context = browser.new_context(ignore_https_errors=True, bypass_csp=True,
                                       permissions=["camera", "microphone"])
@@ -436,6 +439,10 @@ def test_https_page_connects_over_wss_and_says_when_the_server_goes(
             "Ready. Press Start to meet someone.", timeout=WAIT)
         assert page.evaluate("window.isSecureContext")
         until(page, "() => window.liveloop.socket.io.engine.transport.name === 'websocket'")
+        first = until(page, "() => window.liveloop.ice?.servers[0].username")
+        renewed = until(page, "(first) => { const u = window.liveloop.ice?.servers[0].username;"
+                              " return u !== first && u; }", first)
+        assert int(renewed.split(":")[0]) > int(first.split(":")[0])
     playwright_api.expect(page.get_by_role("status")).to_contain_text(
         "Reconnecting", timeout=WAIT)
     playwright_api.expect(page.get_by_role("status")).to_contain_text(

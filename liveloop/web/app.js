@@ -44,7 +44,9 @@ let iceRefresh = null;
 const blockedUntil = { "request-room": 0, newMessage: 0 };
 
 const socket = io({ transports: ["polling", "websocket"] });
-window.liveloop = { socket, get call() { return call; }, get phase() { return phase; }, test };
+window.liveloop = {
+  socket, test, get call() { return call; }, get phase() { return phase; }, get ice() { return ice; },
+};
 
 // -- what the page shows --------------------------------------------------------------
 
