@@ -132,9 +132,8 @@ STATS = """async () => {
 }"""
 
 # The mean brightness (0-255) of what a <video> shows now, or -1 without a frame.
-BRIGHTNESS = """(label) => {
-  const video = document.querySelector(`video[aria-label="${label}"]`);
-  if (!video || !video.videoWidth || video.paused) return -1;
+BRIGHTNESS = """(video) => {
+  if (!video.videoWidth || video.paused) return -1;
   const canvas = document.createElement("canvas");
   canvas.width = 64; canvas.height = 48;
   const g = canvas.getContext("2d");
@@ -159,15 +158,21 @@ def media_flows(page: Page) -> dict[str, Any]:
     return stats_until(page, "s.video > 5 && s.audio > 0 && s.local !== null")
 
 
+def video(page: Page, label: str) -> Any:
+    """The element of the video whose accessible name is ``label``."""
+    return page.get_by_label(label, exact=True).element_handle()
+
+
 def shows_video(page: Page, label: str = "Stranger") -> float:
     """Wait until the video named ``label`` plays frames that are not black."""
-    brightness: float = until(page, f"() => {{ const b = ({BRIGHTNESS})({label!r}); "
-                                    "return b > 30 && b; }")
+    brightness: float = until(page, f"(v) => {{ const b = ({BRIGHTNESS})(v); "
+                                    "return b > 30 && b; }", video(page, label))
     return brightness
 
 
 def shows_black(page: Page, label: str = "Stranger") -> None:
-    until(page, f"() => {{ const b = ({BRIGHTNESS})({label!r}); return b >= 0 && b < 8; }}")
+    until(page, f"(v) => {{ const b = ({BRIGHTNESS})(v); return b >= 0 && b < 8; }}",
+          video(page, label))
 
 
 def state(page: Page) -> str:
