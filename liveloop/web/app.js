@@ -210,6 +210,9 @@ function requestRoom(roomId) {
 
 ui.name.value = localStorage.getItem(NAME_KEY) ?? "";
 ui.start.addEventListener("click", () => requestRoom(null));
+ui.name.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !ui.start.disabled) ui.start.click();
+});
 ui.next.addEventListener("click", () => requestRoom(room));
 ui.stop.addEventListener("click", () => {
   socket.emit("stop-call", room ? { roomId: room } : {});
