@@ -201,7 +201,7 @@ async def test_sessions_in_all(nursery: trio.Nursery) -> None:
 
 
 async def test_connections_per_address(nursery: trio.Nursery) -> None:
-    url = await serving(nursery, max_connections_per_ip=2)
+    url = await serving(nursery, max_connections_per_ip=2, header_timeout=600.0)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     first = await trio.open_tcp_stream(host, int(port))
     second = await trio.open_tcp_stream(host, int(port))
@@ -213,7 +213,8 @@ async def test_connections_per_address(nursery: trio.Nursery) -> None:
 
 
 async def test_connections_per_address_behind_a_proxy(nursery: trio.Nursery) -> None:
-    url = await serving(nursery, max_connections_per_ip=1, trusted_proxies=("127.0.0.0/8",))
+    url = await serving(nursery, max_connections_per_ip=1, trusted_proxies=("127.0.0.0/8",),
+                        header_timeout=600.0)
     host, port = url.removeprefix("http://").rsplit(":", 1)
     async with await trio.open_tcp_stream(host, int(port)) as held:
         assert (await request(held, "/", forwarded("198.51.100.1"))).status == 200
@@ -298,24 +299,33 @@ async def test_asgi_websocket_refusal_is_an_http_answer(nursery: trio.Nursery) -
 async def test_refusals_are_counted(nursery: trio.Nursery) -> None:
     from .test_metrics import scrape, value
 
-    settings = Settings(bind="127.0.0.1:0", metrics_bind="127.0.0.1:0", handshakes_per_ip=1,
-                        handshake_window=600.0, max_connections_per_ip=1, max_sessions=1,
-                        header_timeout=0.5)
-    app = create_app(settings)
-    url = await start_server(nursery, app, settings)
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    async with await trio.open_tcp_stream(host, int(port)) as stream:
-        assert (await request(stream, POLL)).status == 200
-        assert (await request(stream, POLL)).status == 503  # max_sessions first
-        assert (await request(stream, POLL, forwarded("1.2.3.4"))).status == 503
-    await until_not(url, "/", 429)  # the server has seen that close
-    before = value(await scrape(app), "liveloop_refused_total", limit="connections_per_ip")
-    async with await trio.open_tcp_stream(host, int(port)) as held:
-        await held.send_all(b"GET / HTTP/1.1\r\n")
-        assert (await fetch(url, "/")).status == 429
-        await closed_by_server(held)
+    async def counting(**overrides: Any) -> tuple[Any, str, str, int]:
+        settings = attrs.evolve(Settings(bind="127.0.0.1:0", metrics_bind="127.0.0.1:0"),
+                                **overrides)
+        app = create_app(settings)
+        url = await start_server(nursery, app, settings)
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        return app, url, host, int(port)
+
+    app, url, host, port = await counting(max_connections_per_ip=1, max_sessions=1,
+                                          handshakes_per_ip=1, handshake_window=600.0,
+                                          header_timeout=600.0)
+    async with await trio.open_tcp_stream(host, port) as held:
+        assert (await request(held, POLL)).status == 200
+        assert (await request(held, POLL)).status == 503  # max_sessions is checked first
+        assert (await fetch(url, "/")).status == 429  # a second connection
     found = await scrape(app)
-    assert value(found, "liveloop_refused_total", limit="connections_per_ip") == before + 1
-    assert value(found, "liveloop_refused_total", limit="header_timeout") == 1
-    assert value(found, "liveloop_refused_total", limit="sessions") == 2
+    assert value(found, "liveloop_refused_total", limit="connections_per_ip") == 1
+    assert value(found, "liveloop_refused_total", limit="sessions") == 1
     assert value(found, "liveloop_refused_total", limit="handshakes_per_ip") == 0
+
+    app, url, host, port = await counting(header_timeout=0.2, handshakes_per_ip=1,
+                                          handshake_window=600.0)
+    async with await trio.open_tcp_stream(host, port) as slow:
+        await slow.send_all(b"GET / HTTP/1.1\r\n")
+        await closed_by_server(slow)
+    assert (await fetch(url, POLL)).status == 200
+    assert (await fetch(url, POLL)).status == 429
+    found = await scrape(app)
+    assert value(found, "liveloop_refused_total", limit="header_timeout") == 1
+    assert value(found, "liveloop_refused_total", limit="handshakes_per_ip") == 1

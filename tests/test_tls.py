@@ -135,7 +135,7 @@ async def test_connections_per_address_over_tls(
     is closed before it (no plaintext answer on a TLS connection)."""
     certfile, keyfile = certificate
     settings = Settings(bind="127.0.0.1:0", certfile=certfile, keyfile=keyfile,
-                        max_connections_per_ip=1)
+                        max_connections_per_ip=1, header_timeout=600.0)
     url = await start_server(nursery, create_app(settings), settings)
     host, port = split(url)
     context = client_context(ca)
