@@ -329,3 +329,28 @@ async def test_refusals_are_counted(nursery: trio.Nursery) -> None:
     found = await scrape(app)
     assert value(found, "liveloop_refused_total", limit="header_timeout") == 1
     assert value(found, "liveloop_refused_total", limit="handshakes_per_ip") == 1
+
+
+async def test_a_draining_engine_takes_no_new_session(nursery: trio.Nursery) -> None:
+    """In-process: after ``drain`` a polling handshake gets 503 (counted), a session that
+    joined no namespace is closed at once, and ``drained`` returns when none is left."""
+    from liveloop.metrics import Metrics
+    from liveloop.server import socketio_server
+
+    from .asgi import http
+    from .test_metrics import read, value
+
+    metrics = Metrics(process=False)
+    engine = socketio_server(Settings(), {}, metrics)
+    await nursery.start(engine.run)
+    params = {"EIO": "4", "transport": "polling"}
+    assert (await http(engine, "GET", "/socket.io/", params)).status == 200
+    assert len(engine.sessions) == 1
+    engine.drain()
+    refused = await http(engine, "GET", "/socket.io/", params)
+    assert (refused.status, refused.body) == (503, b"Service Unavailable")
+    with trio.fail_after(DEADLINE):
+        await engine.drained()
+    assert value(read(metrics), "liveloop_refused_total", limit="draining") == 1
+    assert value(read(metrics), "liveloop_disconnects_total",
+                 reason="server shutting down") == 1
