@@ -42,6 +42,10 @@ class Settings:
     # Where to listen (``liveloop serve``); hypercorn's own flags win under ``hypercorn``.
     bind: str = attrs.field(default="127.0.0.1:3000", metadata={"help": "HOST:PORT to listen on"})
     path: str = attrs.field(default="/socket.io/", metadata={"help": "Engine.IO endpoint path"})
+    certfile: str = attrs.field(
+        default="", metadata={"help": "PEM certificate chain: serve HTTPS (with keyfile)"}
+    )
+    keyfile: str = attrs.field(default="", metadata={"help": "PEM private key for certfile"})
 
     # Engine.IO
     ping_interval: float = attrs.field(default=25.0, metadata={"help": "seconds between pings"})
@@ -50,7 +54,7 @@ class Settings:
         default=100_000, metadata={"help": "largest packet or polling body, bytes"}
     )
     connect_timeout: float = attrs.field(
-        default=45.0, metadata={"help": "seconds a session may stay without a namespace"}
+        default=10.0, metadata={"help": "seconds a session may stay without a namespace"}
     )
     upgrade_timeout: float = attrs.field(
         default=10.0, metadata={"help": "seconds an upgrade may take"}
@@ -71,6 +75,37 @@ class Settings:
         default=(),
         converter=tuple,
         metadata={"help": "comma-separated allowed Origins, or *; empty: same origin only"},
+    )
+    max_sessions: int = attrs.field(
+        default=100_000,
+        metadata={"help": "Engine.IO sessions at most; over it a handshake gets 503"},
+    )
+    body_timeout: float = attrs.field(
+        default=10.0, metadata={"help": "seconds to read a polling request body"}
+    )
+    header_timeout: float = attrs.field(
+        default=5.0, metadata={"help": "seconds to send a request head (and idle keep-alive)"}
+    )
+    outbox_bytes: int = attrs.field(
+        default=1_048_576,
+        metadata={"help": "bytes (characters of text) queued for one client before it is dropped"},
+    )
+    max_connections_per_ip: int = attrs.field(
+        default=64, metadata={"help": "open TCP connections from one client address"}
+    )
+    handshakes_per_ip: int = attrs.field(
+        default=20, metadata={"help": "new sessions from one client address per handshake window"}
+    )
+    handshake_window: float = attrs.field(
+        default=10.0, metadata={"help": "seconds of handshakes_per_ip's window"}
+    )
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        metadata={"help": "comma-separated proxy addresses or CIDRs whose X-Forwarded-For counts"},
+    )
+    drain_timeout: float = attrs.field(
+        default=30.0, metadata={"help": "seconds calls may go on after SIGTERM (liveloop serve)"}
     )
 
     # Live Loop
@@ -99,6 +134,32 @@ class Settings:
     )
     status_users: int = attrs.field(
         default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+    relay_budget: int = attrs.field(
+        default=200, metadata={"help": "relayed events per 10 s per connection; 0: no limit"}
+    )
+
+    # ICE servers handed to clients (get-ice-servers); docs/turn.md
+    stun_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple, metadata={"help": "comma-separated stun: URLs"}
+    )
+    turn_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple,
+        metadata={"help": "comma-separated turn:/turns: URLs (needs a TURN secret)"},
+    )
+    # repr=False: the secret never reaches a log, even when the settings are printed.
+    turn_secret: str = attrs.field(
+        default="", repr=False,
+        metadata={"help": "coturn static-auth-secret (prefer turn_secret_file)"},
+    )
+    turn_secret_file: str = attrs.field(
+        default="", metadata={"help": "file holding the TURN secret (first line)"}
+    )
+    turn_ttl: int = attrs.field(
+        default=600, metadata={"help": "seconds a TURN credential is valid"}
+    )
+    ice_servers_per_minute: int = attrs.field(
+        default=10, metadata={"help": "get-ice-servers events per client per minute"}
     )
 
     # Operations: metrics and logs
@@ -161,7 +222,9 @@ class Settings:
     def conformance(self) -> Settings:
         """The settings that the official protocol test suites expect."""
         return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
-                            allowed_origins=("*",))  # type: ignore[arg-type]
+                            allowed_origins=("*",),  # type: ignore[arg-type]
+                            # The suites handshake hundreds of times from one address.
+                            handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000)
 
 
 def _convert(field: attrs.Attribute[Any], raw: str) -> Any:

@@ -38,7 +38,8 @@ from .errors import (
     error_event,
     ok_ack,
 )
-from .events import NewMessage, RequestRoom, StopCall
+from .events import GetIceServers, NewMessage, RequestRoom, StopCall
+from .ice import IceServers, new_connection_id
 from .messages import (
     Avoid,
     Deliver,
@@ -54,9 +55,9 @@ from .messages import (
     Withdraw,
 )
 from .metrics import Metrics
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RelayBudget
 from .room import relayed
-from .server.api import JSON, Ack, Socket
+from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
 
 log = logging.getLogger(__name__)
@@ -88,13 +89,14 @@ class Peer:
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, ice: IceServers | None = None) -> None:
         self._socket = socket
         self._sid = socket.sid
         self._settings = settings
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._limits = RateLimiter(settings, clock)
+        self._relays = RelayBudget(settings, clock)
         self._metrics = metrics
         self._relayed = metrics.relayed
         self._phase = Phase.IDLE
@@ -103,6 +105,11 @@ class Peer:
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        self._draining = False
+        """The server drains: this peer's connection closes as soon as it is not in a call."""
+        self._ice = ice
+        # This connection's id in TURN usernames; made on the first get-ice-servers.
+        self._turn_id: str | None = None
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -128,7 +135,7 @@ class Peer:
                 raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
                                     f"unknown event {str(event)[:64]!r}")
             payload = events.parse(event, args[0] if args else None, self._settings)
-            await self._dispatch(payload)
+            answer = await self._dispatch(payload)
         except LiveLoopError as error:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
@@ -136,13 +143,17 @@ class Peer:
                 ack(error_ack(error))
         else:
             if ack is not None:
-                ack(ok_ack())
+                ack(ok_ack() if answer is None else {**ok_ack(), **answer})
+        self._leave_if_draining()
 
     async def on_message(self, message: object) -> None:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
         if type(message) is Deliver:  # the hot one: a relayed event
             if self._call is not None and self._call.room_id == message.room_id:
                 self._socket.emit(message.event, message.payload)
+            return
+        if message is DRAIN:
+            self._draining = True
         elif isinstance(message, Matched):
             await self._matched(message)
         elif isinstance(message, RoomEnded):
@@ -153,10 +164,17 @@ class Peer:
                 error = LiveLoopError(message.code, message.message)
                 self._metrics.error(error.code, events.REQUEST_ROOM)
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
-        else:
+        elif message is not DRAIN:
             # The type only: a message may carry a name or a thumbnail.
             log.warning("unexpected message", extra={
                 "sid": self._sid, "type": type(message).__name__})
+        self._leave_if_draining()
+
+    def _leave_if_draining(self) -> None:
+        """While the server drains, only people in a call keep their connection: the
+        others' closes, and their client reconnects (to another node) by itself."""
+        if self._draining and self._phase is not Phase.IN_ROOM:
+            self._socket.drop()
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""
@@ -169,13 +187,17 @@ class Peer:
 
     # -- client events ---------------------------------------------------------------
 
-    async def _dispatch(self, payload: events.Inbound) -> None:
+    async def _dispatch(self, payload: events.Inbound) -> dict[str, object] | None:
+        """Act on one valid event; returns what its ack adds to ``ok: true``, if any."""
+        if isinstance(payload, GetIceServers):
+            return self._ice_servers()
         if isinstance(payload, RequestRoom):
             await self._request_room(payload)
         elif isinstance(payload, StopCall):
             await self._stop_call(payload)
         else:
             await self._relay(payload)
+        return None
 
     async def _request_room(self, request: RequestRoom) -> None:
         call = self._call
@@ -199,6 +221,15 @@ class Peer:
             raise LiveLoopError(ErrorCode.INVALID_ROOM,
                                 "roomId names no room of yours; you are queued anyway")
 
+    def _ice_servers(self) -> dict[str, object]:
+        """The ``get-ice-servers`` answer (without ``ok``), rate-limited."""
+        self._check_rate(events.GET_ICE_SERVERS)
+        if self._ice is None:
+            return {"iceServers": [], "ttl": self._settings.turn_ttl}
+        if self._turn_id is None:
+            self._turn_id = new_connection_id()
+        return self._ice.answer(self._turn_id)
+
     async def _stop_call(self, stop: StopCall) -> None:
         if self._phase is Phase.IN_ROOM:
             call = self._check_target(stop.room_id, stop.target)
@@ -218,6 +249,12 @@ class Peer:
 
     async def _relay(self, payload: events.Relayed) -> None:
         call = self._check_target(payload.room_id, payload.target)
+        retry_after = self._relays.take()
+        if retry_after is not None:
+            self._metrics.refused("relay_budget")
+            raise LiveLoopError(ErrorCode.RATE_LIMITED,
+                                f"too many relayed events, retry in {retry_after:g} s",
+                                retry_after=retry_after)
         if isinstance(payload, NewMessage):
             self._check_rate(events.NEW_MESSAGE)
         if call.inbox.statistics().open_receive_channels == 0:
@@ -283,6 +320,8 @@ class Peer:
 
     async def _enqueue(self, member: Member) -> None:
         self._member = member
+        if self._draining:
+            return  # nobody is matched here any more: the connection is about to close
         self._ticket += 1
         self._phase = Phase.QUEUED
         await self._tell_matchmaker(Enqueue(member, self._ticket))
@@ -313,14 +352,16 @@ class LiveLoopNamespace:
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot],
                  clock: Callable[[], float] = trio.current_time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 ice: IceServers | None = None) -> None:
         self._settings = settings
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._clock = clock
+        self._ice = ice
 
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
         return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
-                    self._metrics)
+                    self._metrics, self._ice)

@@ -476,7 +476,7 @@ class ClusterMatchmaker:
         for room_id in list(self._rooms):
             self._close_room(room_id)
         for socket in sockets.values():
-            socket.disconnect()
+            socket.drop()  # the transport closes: the official client reconnects by itself
 
     # -- status ---------------------------------------------------------------------------
 
