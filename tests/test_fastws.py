@@ -7,6 +7,7 @@ WebSocket) on a real listener.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -386,3 +387,39 @@ async def test_bytes_pending_before_start_are_sent_by_a_flusher(
                 parts = []
     assert texts == [big, "4after"]  # the outbox, after what was pending
     assert ws.idle
+
+
+# -- the hand-off stream's sends ------------------------------------------------------------
+
+
+async def test_an_eof_asked_during_a_write_waits_for_it() -> None:
+    """hypercorn ends a connection (send_eof) outside its send lock, from whichever task
+    finished the exchange: during another task's write, that was BusyResourceError."""
+    server_end, client_end = socket_pair()
+    replay = fastws._Replay(server_end, b"")
+    big = b"x" * (8 << 20)  # more than the kernel takes at once: the write waits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replay.send_all, big)
+        await trio.testing.wait_all_tasks_blocked()
+        await replay.send_eof()  # during the write: no BusyResourceError
+        received = 0
+        while chunk := await client_end.receive_some(1 << 20):
+            received += len(chunk)
+    assert received == len(big)  # the write went whole, then the EOF came
+    with pytest.raises(trio.ClosedResourceError):
+        await replay.send_all(b"late")  # after the EOF, as hypercorn expects
+
+
+@pytest.mark.parametrize("eof_first", [True, False])
+async def test_a_write_and_an_eof_at_once_never_collide(eof_first: bool) -> None:
+    server_end, client_end = socket_pair()
+    replay = fastws._Replay(server_end, b"")
+
+    async def write() -> None:
+        with contextlib.suppress(trio.ClosedResourceError):  # came after the EOF
+            await replay.send_all(b"data")
+
+    async with trio.open_nursery() as nursery:  # BusyResourceError would surface here
+        for task in (replay.send_eof, write) if eof_first else (write, replay.send_eof):
+            nursery.start_soon(task)
+    assert await client_end.receive_some(10) in (b"", b"data")

@@ -133,6 +133,7 @@ class Server:
             finally:
                 await ws.shutdown()
             return
+        assert isinstance(stream, trio.SocketStream)  # what a SocketListener accepts
         server = TCPServer(self._app, self._config, self._context, self._state,
                            _Replay(stream, bytes(received)))  # type: ignore[arg-type]
         await server.run()
@@ -437,12 +438,23 @@ class FastWebSocket:
 
 
 class _Replay(trio.abc.HalfCloseableStream):
-    """A connection handed to hypercorn: reads first return the bytes already taken."""
+    """A connection handed to hypercorn: reads first return the bytes already taken.
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, head: bytes) -> None:
+    It also keeps hypercorn's sends from colliding. hypercorn's ``TCPServer`` sends
+    under a lock, but ends the connection (``send_eof``) outside it, from whichever
+    task finished the exchange; on a malformed or pipelined request, that can be while
+    the other task is writing the 400, and Trio's stream refuses the second sender with
+    ``BusyResourceError`` ("Error in ASGI Framework"). Here an EOF asked for during a
+    write is made when that write ends, and an EOF is made without yielding, so no
+    write can start inside it.
+    """
+
+    def __init__(self, stream: trio.SocketStream, head: bytes) -> None:
         self._stream = stream
         self._head = head
-        self.socket = getattr(stream, "socket", None)
+        self._sending = False
+        self._eof_asked = False
+        self.socket = stream.socket
         """hypercorn's TCPServer asks the socket for the peer's address."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -455,13 +467,33 @@ class _Replay(trio.abc.HalfCloseableStream):
         return head[:size]
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        self._sending = True
+        try:
+            await self._stream.send_all(data)
+        finally:
+            self._sending = False
+            if self._eof_asked:
+                self._shut_write()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        await trio.lowlevel.checkpoint()
+        if self._sending:
+            self._eof_asked = True  # made by the write in progress, once it ends
+        else:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        """End our half of the connection now; a later write fails as after the
+        stream's own EOF (``ClosedResourceError``), which hypercorn expects."""
+        self._eof_asked = False
+        sock = self._stream.socket
+        if sock.did_shutdown_SHUT_WR or sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):  # the peer has gone already
+            sock.shutdown(trio.socket.SHUT_WR)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
