@@ -1,4 +1,5 @@
-"""``liveloop serve``'s own WebSocket transport (:mod:`liveloop.server.fastws`).
+"""``liveloop serve``'s own WebSocket transport (:mod:`liveloop.server.wstransport`) behind
+its front door (:mod:`liveloop.server.frontdoor`).
 
 The handshake, framing and coalescing run on Trio's in-memory streams against an echoing
 Engine.IO server; the hand-over to hypercorn (polling, REST, anything not an Engine.IO
@@ -7,7 +8,6 @@ WebSocket) on a real listener.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -36,8 +36,8 @@ from liveloop.app import RootApp
 from liveloop.config import Settings
 from liveloop.conformance import EchoApp
 from liveloop.serve import hypercorn_config, serve
-from liveloop.server import EngineServer, fastws
-from liveloop.server.fastws import Server
+from liveloop.server import EngineServer, wstransport
+from liveloop.server.frontdoor import Server
 from liveloop.server.session import FLUSH_GRACE, OutFrame
 
 PATH = "/engine.io/"
@@ -46,17 +46,17 @@ WS = f"{PATH}?EIO=4&transport=websocket"
 
 
 class Writes:
-    """Counts the server's writes to its sockets (``fastws._write``)."""
+    """Counts the server's writes to its sockets (``wstransport._write``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = fastws._write
+        real = wstransport._write
 
         def counting(fd: int, data: bytes) -> int:
             self.count += 1
             return real(fd, data)
 
-        monkeypatch.setattr(fastws, "_write", counting)
+        monkeypatch.setattr(wstransport, "_write", counting)
 
 
 def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -340,9 +340,9 @@ async def test_pings_from_a_client_that_does_not_read_cost_one_pong(
     assert isinstance(pongs[0], Pong) and pongs[0].payload == b"1999"  # the last one only
 
 
-def transport(server_end: trio.SocketStream) -> fastws.FastWebSocket:
+def transport(server_end: trio.SocketStream) -> wstransport.FastWebSocket:
     """A FastWebSocket past the handshake, straight on ``server_end``."""
-    return fastws.FastWebSocket(server_end, h11.Connection(h11.SERVER), b"key", b"", 1000)
+    return wstransport.FastWebSocket(server_end, h11.Connection(h11.SERVER), b"key", b"", 1000)
 
 
 async def test_a_closing_write_nobody_reads_is_given_up_after_the_grace(
@@ -387,39 +387,3 @@ async def test_bytes_pending_before_start_are_sent_by_a_flusher(
                 parts = []
     assert texts == [big, "4after"]  # the outbox, after what was pending
     assert ws.idle
-
-
-# -- the hand-off stream's sends ------------------------------------------------------------
-
-
-async def test_an_eof_asked_during_a_write_waits_for_it() -> None:
-    """hypercorn ends a connection (send_eof) outside its send lock, from whichever task
-    finished the exchange: during another task's write, that was BusyResourceError."""
-    server_end, client_end = socket_pair()
-    replay = fastws._Replay(server_end, b"")
-    big = b"x" * (8 << 20)  # more than the kernel takes at once: the write waits
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(replay.send_all, big)
-        await trio.testing.wait_all_tasks_blocked()
-        await replay.send_eof()  # during the write: no BusyResourceError
-        received = 0
-        while chunk := await client_end.receive_some(1 << 20):
-            received += len(chunk)
-    assert received == len(big)  # the write went whole, then the EOF came
-    with pytest.raises(trio.ClosedResourceError):
-        await replay.send_all(b"late")  # after the EOF, as hypercorn expects
-
-
-@pytest.mark.parametrize("eof_first", [True, False])
-async def test_a_write_and_an_eof_at_once_never_collide(eof_first: bool) -> None:
-    server_end, client_end = socket_pair()
-    replay = fastws._Replay(server_end, b"")
-
-    async def write() -> None:
-        with contextlib.suppress(trio.ClosedResourceError):  # came after the EOF
-            await replay.send_all(b"data")
-
-    async with trio.open_nursery() as nursery:  # BusyResourceError would surface here
-        for task in (replay.send_eof, write) if eof_first else (write, replay.send_eof):
-            nursery.start_soon(task)
-    assert await client_end.receive_some(10) in (b"", b"data")
