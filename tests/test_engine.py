@@ -438,3 +438,25 @@ def test_same_origin_refuses_other_servers_and_garbage(origin: str, host: str) -
     scope = {"headers": [(b"origin", origin.encode()), (b"host", host.encode())]}
     assert not OriginPolicy(()).allows(scope)
     assert OriginPolicy(()).headers(scope) == []
+
+
+async def test_a_send_the_asgi_server_refuses_means_the_peer_is_gone() -> None:
+    """hypercorn raises h11's LocalProtocolError from ``send`` once a client's bytes put
+    its connection in error: that is the peer gone, not a traceback."""
+    from liveloop.server.engine import ASGIWebSocket
+
+    sent: list[object] = []
+
+    async def refusing(message: object) -> None:
+        sent.append(message)
+        raise RuntimeError("Can't send data when our state is ERROR")
+
+    async def never() -> dict[str, object]:
+        raise AssertionError("not read")
+
+    ws = ASGIWebSocket(never, refusing)
+    await ws.accept()
+    assert ws.gone
+    await ws.send_frames(["4a", b"b"])
+    await ws.close(1000)
+    assert sent == [{"type": "websocket.accept"}]  # nothing after the refusal

@@ -1,7 +1,8 @@
 """Hostile input over real sockets against ``liveloop serve``, with a canary pair beside it.
 
-The server runs as a real process (``python -m liveloop serve``), its log (stderr and
-stdout, hypercorn's error log included) read line by line. Workers send what
+The server runs as a real process, ``python -m liveloop serve`` and
+``hypercorn -k trio liveloop.app:app`` in turn, its log (stderr and stdout, hypercorn's
+error log included) read line by line. Workers send what
 :mod:`tests.fuzz` makes up: broken, truncated and pipelined HTTP requests, garbage
 WebSocket frames, bad polling bodies, Socket.IO packets with bad attachments and acks,
 and Live Loop events with wrong-typed values in every field. Some sessions also check
@@ -41,7 +42,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, Tex
 
 from .conftest import DEADLINE, Sock, fuzz_seconds, http_get
 from .fuzz import EVENTS, HANDSHAKE, WEBSOCKET, Fuzz
-from .nodeclient import NodeClient
+from .nodeclient import DriverError, NodeClient
 
 WORKERS = 10
 ATTACK_TIMEOUT = 2.0
@@ -59,10 +60,20 @@ SERVER_ENV = {
 _BAD_LOG = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|Error in ASGI")
 
 
-class Server:
-    """``python -m liveloop serve`` in a child process; its log kept line by line."""
+HOSTS = {
+    "liveloop-serve": [sys.executable, "-m", "liveloop", "serve", "--bind", "127.0.0.1:0"],
+    "hypercorn-trio": [sys.executable, "-m", "hypercorn", "-k", "trio", "--bind",
+                       "fd://{fd}", "liveloop.app:app"],
+}
+"""The two ways to run the server whose hosts we control; hypercorn's gets a bound
+socket (``fd://``), as it cannot report a port of its own choosing."""
 
-    def __init__(self) -> None:
+
+class Server:
+    """The server in a child process (``HOSTS``); its log kept line by line."""
+
+    def __init__(self, host: str = "liveloop-serve") -> None:
+        self.host = host
         self.log: list[str] = []
         self.url = ""
         self.process: trio.Process | None = None
@@ -70,11 +81,13 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        command = [sys.executable, "-m", "liveloop", "serve", "--bind", "127.0.0.1:0"]
+        listener = socket.create_server(("127.0.0.1", 0))
+        command = [part.format(fd=listener.fileno()) for part in HOSTS[self.host]]
         async with trio.open_nursery() as nursery:
             self.process = await trio.lowlevel.open_process(
                 command, env={**os.environ, **SERVER_ENV}, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),))
+            listener.close()
             try:
                 nursery.start_soon(self._read_log)
                 with trio.fail_after(30):
@@ -99,20 +112,28 @@ class Server:
             for line in lines:
                 text = line.decode("utf-8", "replace")
                 self.log.append(text)
-                if not self.url and "listening on " in text:
-                    self.url = text.split("listening on ")[1].split()[0].rstrip(",")
-                    self._listening.set()
+                for marker in ("listening on ", "Running on "):
+                    if not self.url and marker in text:
+                        self.url = text.split(marker)[1].split()[0].rstrip(",")
+                        self._listening.set()
         if buffer:
             self.log.append(buffer.decode("utf-8", "replace"))
 
     def rss(self) -> int:
-        """The server's resident memory, bytes."""
+        """The server's resident memory, bytes: its process and their children
+        (hypercorn serves in a worker process)."""
         assert self.process is not None
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        total, pids = 0, [self.process.pid]
+        while pids:
+            pid = pids.pop()
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+                with open(f"/proc/{pid}/task/{pid}/children") as children:
+                    pids.extend(int(child) for child in children.read().split())
+        return total
 
     @property
     def address(self) -> tuple[str, int]:
@@ -378,7 +399,7 @@ async def canary(client: NodeClient, server: Server, stats: Stats,
                     "new-ice-candidates",
                     lambda line, text=text: line["args"][0]["candidate"]["candidate"] == text)
                 assert got["candidate"] == candidate
-        except (trio.TooSlowError, AssertionError) as exc:
+        except (trio.TooSlowError, AssertionError, DriverError) as exc:
             stats.problems.append(f"canary lost relay {stats.relays}: {exc!r}")
             return
         stats.relays += 1
@@ -403,15 +424,16 @@ async def watch_memory(server: Server, stats: Stats, paired: trio.Event) -> None
 
 
 @pytest.mark.fuzz
+@pytest.mark.parametrize("host", list(HOSTS))
 async def test_hostile_input_leaves_the_server_and_the_canary_untouched(
-        pytestconfig: pytest.Config) -> None:
+        pytestconfig: pytest.Config, host: str) -> None:
     seconds = fuzz_seconds(pytestconfig)
     seed = pytestconfig.getoption("fuzz_seed")
     if seed is None:
         seed = int(os.environ.get("LIVELOOP_FUZZ_SEED", random.randrange(2**32)))
     bound = int(os.environ.get("LIVELOOP_FUZZ_MEMORY_MB", "96")) << 20
     print(f"fuzz: seed {seed}, {seconds:g} s, memory bound {bound >> 20} MiB")
-    server = Server()
+    server = Server(host)
     stats = Stats()
     async with trio.open_nursery() as outer:
         await outer.start(server.run)

@@ -1,4 +1,4 @@
-"""A repair of hypercorn's Trio connection for ``hypercorn -k trio liveloop.app:app``.
+"""Repairs of hypercorn's Trio connection for ``hypercorn -k trio liveloop.app:app``.
 
 hypercorn's ``TCPServer`` sends under its ``send_lock`` but ends the connection
 (``_close``: ``send_eof``, then ``aclose``) outside it, from whichever task finished the
@@ -11,23 +11,29 @@ and ends the worker process: one request in about fifteen of that kind stops the
 
 :func:`patch` replaces ``TCPServer._close`` with one that sends the EOF under the send
 lock, or, when a write holds the lock, skips it: the ``aclose`` that follows ends that
-write (``ClosedResourceError``, which hypercorn's sender catches). It relies on the
+write (``ClosedResourceError``, which hypercorn's sender catches). It also wraps
+``TCPServer.run``: any other error that escapes one connection (the fuzz test found
+h11's ``LocalProtocolError`` escaping on WebSocket upgrades followed by garbage) ends
+that connection alone, with one line at INFO, instead of the worker. Both rely on the
 private interfaces of the hypercorn versions :mod:`.frontdoor` is pinned to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import trio
+
+log = logging.getLogger(__name__)
 
 _PATCHED = "_liveloop_eof_under_lock"
 
 
 def patch() -> None:
     """Make hypercorn's Trio ``TCPServer`` end connections without colliding with a
-    write; idempotent."""
+    write, and contain a connection's failure to it; idempotent."""
     from hypercorn.trio.tcp_server import TCPServer
 
     if getattr(TCPServer._close, _PATCHED, False):
@@ -42,5 +48,14 @@ def patch() -> None:
                     await self.stream.send_eof()
         await self.stream.aclose()
 
+    run = TCPServer.run
+
+    async def _run(self: Any) -> None:
+        try:
+            await run(self)
+        except Exception as exc:  # hypercorn's own failure on one client's bytes
+            log.info("connection ended by a hypercorn error: %.200r", exc)
+
     setattr(_close, _PATCHED, True)
     TCPServer._close = _close  # type: ignore[method-assign]
+    TCPServer.run = _run  # type: ignore[method-assign]
