@@ -57,7 +57,12 @@ SERVER_ENV = {
     "LIVELOOP_CONNECT_TIMEOUT": "10",
     "LIVELOOP_DRAIN_TIMEOUT": "2",  # at the end, fuzzing sessions may still be in calls
 }
-_BAD_LOG = re.compile(r"Traceback|\bERROR\b|\bCRITICAL\b|Error in ASGI")
+_BAD_LOG = re.compile(
+    r"Traceback|Error in ASGI"  # a traceback anywhere (JSON lines hold it in a field)
+    r"|^(\S+ ){1,2}(ERROR|CRITICAL) "  # a text line's level (after a 1- or 2-part time)
+    r"|\[(ERROR|CRITICAL)\]"  # hypercorn's own error log
+    r'|"level": "(ERROR|CRITICAL)"')  # a JSON line's level
+"""A log line that is a failure, whatever the format; "ERROR" inside a message is not."""
 
 
 HOSTS = {

@@ -26,6 +26,8 @@ from typing import Any
 
 import trio
 
+from ..logs import clip
+
 log = logging.getLogger(__name__)
 
 _PATCHED = "_liveloop_eof_under_lock"
@@ -54,7 +56,8 @@ def patch() -> None:
         try:
             await run(self)
         except Exception as exc:  # hypercorn's own failure on one client's bytes
-            log.info("connection ended by a hypercorn error: %.200r", exc)
+            log.info("connection ended by a hypercorn error",
+                     extra={"error": clip(repr(exc), 200)})
 
     setattr(_close, _PATCHED, True)
     TCPServer._close = _close  # type: ignore[method-assign]
