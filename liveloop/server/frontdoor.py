@@ -8,6 +8,12 @@ Any other connection (polling, REST, a WebSocket elsewhere, anything malformed) 
 hypercorn's own connection handler, which first reads back the bytes taken here; it
 serves them through the ASGI app as ``hypercorn -k trio`` would.
 
+With a certificate (``config.ssl_enabled``), the front door terminates TLS itself: each
+connection's handshake happens here, then the same routing runs on the decrypted stream,
+except that a WebSocket over TLS goes to hypercorn too (the lean transport writes to the
+socket's file descriptor, beneath TLS). ALPN offers HTTP/1.1 only, which the head parser
+reads; hypercorn's ASGI scopes then say ``https``/``wss``.
+
 This module is built on hypercorn's private interfaces (its Trio ``TCPServer``,
 ``Lifespan``, ``WorkerContext``): ``pyproject.toml`` pins hypercorn to the versions
 listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from typing import Any
 from urllib.parse import unquote
 
@@ -55,8 +62,7 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
     """
-    if config.ssl_enabled:
-        raise ValueError("liveloop serve does not terminate TLS")
+    tls = config.create_ssl_context() if config.ssl_enabled else None
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
@@ -66,11 +72,13 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
         await lifespan.wait_for_startup()
         listeners: list[trio.SocketListener] = []
         binds: list[str] = []
-        for sock in config.create_sockets().insecure_sockets:
+        sockets = config.create_sockets()
+        for sock in sockets.secure_sockets if tls else sockets.insecure_sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
+            scheme = "https" if tls else "http"
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()), tls)
         task_status.started(binds)
         await trio.serve_listeners(server.handle, listeners)
 
@@ -79,16 +87,24 @@ class Server:
     """Handles each accepted connection: see the module docstring."""
 
     def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState) -> None:
+                 state: ConnectionState, tls: ssl.SSLContext | None = None) -> None:
         self._engines = engines
+        self._tls = tls
         self._app = app
         self._config = config
         self._context = WorkerContext(None)
         self._state = state
 
-    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection; whatever goes wrong with it ends it alone."""
         try:
+            if self._tls is not None:
+                stream = trio.SSLStream(stream, self._tls, server_side=True,
+                                        https_compatible=True)
+                with trio.move_on_after(self._config.ssl_handshake_timeout) as waiting:
+                    await stream.do_handshake()
+                if waiting.cancelled_caught:
+                    return
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
@@ -97,7 +113,7 @@ class Server:
         finally:
             await stream.aclose()
 
-    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         received = bytearray()
         event: object = h11.NEED_DATA
@@ -125,9 +141,10 @@ class Server:
             finally:
                 await ws.shutdown()
             return
-        assert isinstance(stream, trio.SocketStream)  # what a SocketListener accepts
+        replay = (_TLSReplay if isinstance(stream, trio.SSLStream) else _Replay)(
+            stream, bytes(received))
         server = TCPServer(self._app, self._config, self._context, self._state,
-                           _Replay(stream, bytes(received)))  # type: ignore[arg-type]
+                           replay)  # type: ignore[arg-type]
         await server.run()
 
 
@@ -190,12 +207,12 @@ class _Replay(trio.abc.HalfCloseableStream):
     write can start inside it.
     """
 
-    def __init__(self, stream: trio.SocketStream, head: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
         self._stream = stream
         self._head = head
         self._sending = False
         self._eof_asked = False
-        self.socket = stream.socket
+        self.socket = getattr(stream, "socket", None)
         """hypercorn's TCPServer asks the socket for the peer's address."""
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
@@ -220,6 +237,10 @@ class _Replay(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        if not isinstance(self._stream, trio.SocketStream):
+            # TLS has no half-close. No checkpoint either: hypercorn calls this on its way
+            # to aclose, in a scope that may be cancelled, and the close must happen.
+            return
         await trio.lowlevel.checkpoint()
         if self._sending:
             self._eof_asked = True  # made by the write in progress, once it ends
@@ -230,6 +251,7 @@ class _Replay(trio.abc.HalfCloseableStream):
         """End our half of the connection now; a later write fails as after the
         stream's own EOF (``ClosedResourceError``), which hypercorn expects."""
         self._eof_asked = False
+        assert isinstance(self._stream, trio.SocketStream)  # send_eof skips TLS
         sock = self._stream.socket
         if sock.did_shutdown_SHUT_WR or sock.fileno() < 0:
             return
@@ -238,3 +260,22 @@ class _Replay(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _TLSReplay(_Replay):
+    """A TLS connection handed to hypercorn, handshake done: it answers hypercorn's
+    questions of a ``trio.SSLStream`` (so scopes say ``https``/``wss``)."""
+
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
+        assert isinstance(stream, trio.SSLStream)
+        super().__init__(stream, head)
+        self._tls = stream
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        """Done already, by the front door."""
+        await trio.lowlevel.checkpoint()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
