@@ -72,6 +72,9 @@ HOSTS = {
 }
 """The two ways to run the server whose hosts we control; hypercorn's gets a bound
 socket (``fd://``), as it cannot report a port of its own choosing."""
+HOST_ENV = {"liveloop-serve": {"LIVELOOP_LOG_FORMAT": "text"},
+            "hypercorn-trio": {"LIVELOOP_LOG_FORMAT": "json"}}
+"""Each log format meets hostile input under one of the hosts."""
 
 
 class Server:
@@ -90,7 +93,8 @@ class Server:
         command = [part.format(fd=listener.fileno()) for part in HOSTS[self.host]]
         async with trio.open_nursery() as nursery:
             self.process = await trio.lowlevel.open_process(
-                command, env={**os.environ, **SERVER_ENV}, stdout=subprocess.PIPE,
+                command, env={**os.environ, **SERVER_ENV, **HOST_ENV[self.host]},
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, pass_fds=(listener.fileno(),))
             listener.close()
             try:
