@@ -97,6 +97,18 @@ class Settings:
         default=50, metadata={"help": "names listed by /api/status at most"}
     )
 
+    # Connection state recovery (docs/recovery.md)
+    recovery_window: float = attrs.field(
+        default=20.0,
+        metadata={"help": "seconds a lost connection's session waits for its client; 0: off"},
+    )
+    recovery_packets: int = attrs.field(
+        default=256, metadata={"help": "events kept per client for a replay"}
+    )
+    recovery_bytes: int = attrs.field(
+        default=262_144, metadata={"help": "bytes of events kept per client for a replay"}
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build the settings from ``LIVELOOP_*`` variables; ``overrides`` win over them."""
@@ -132,7 +144,8 @@ class Settings:
     def conformance(self) -> Settings:
         """The settings that the official protocol test suites expect."""
         return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
-                            allowed_origins=("*",))  # type: ignore[arg-type]
+                            allowed_origins=("*",),  # type: ignore[arg-type]
+                            recovery_window=0.0)
 
 
 def _convert(field: attrs.Attribute[Any], raw: str) -> Any:

@@ -54,6 +54,9 @@ class _Handler:
     async def on_message(self, message: object) -> None:
         pass
 
+    async def on_recover(self) -> None:
+        pass
+
     async def on_disconnect(self, reason: str) -> None:
         pass
 

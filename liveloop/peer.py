@@ -48,6 +48,7 @@ from .messages import (
     MatchmakerMessage,
     Member,
     Refused,
+    Returned,
     RoomEnded,
     RoomMessage,
     Withdraw,
@@ -148,6 +149,12 @@ class Peer:
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
         else:
             log.warning("peer %s: unexpected message %r", self._sid, message)
+
+    async def on_recover(self) -> None:
+        """Back after a lost connection, with the same state: a queued peer, skipped by
+        the matchmaker while away, asks it to look again."""
+        if self._phase is Phase.QUEUED:
+            await self._tell_matchmaker(Returned(self._sid))
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""

@@ -55,6 +55,9 @@ class _Handler:
         self.recorder.posts.append(message)
         self.socket.emit("posted", str(message))
 
+    async def on_recover(self) -> None:
+        pass
+
     async def on_disconnect(self, reason: str) -> None:
         self.recorder.disconnects.append(reason)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from ..config import Settings
 from .api import Ack, ConnectRefused, Namespace, Socket, SocketClosed, SocketHandler
 from .engine import EngineServer
-from .sockets import SocketIOConnection
+from .sockets import Recovery, SocketIOConnection
 
 __all__ = [
     "Ack",
@@ -23,4 +23,6 @@ __all__ = [
 
 def socketio_server(settings: Settings, namespaces: Mapping[str, Namespace]) -> EngineServer:
     """An Engine.IO server whose sessions speak Socket.IO with these namespaces."""
-    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces))
+    recovery = Recovery(settings)
+    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces, recovery),
+                        actors=(recovery.run,))
