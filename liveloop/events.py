@@ -40,6 +40,9 @@ MESSAGE_RECEIVED = "Message:recived"  # sic: the seed's wire name
 MAX_ID = 128
 """Longest room or socket id accepted in a target field; the server's own are shorter."""
 
+MAX_EVENT_ID = 64
+"""Longest client-made event ``id`` (``newMessage``, offer, answer): it names a retry."""
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _IMAGE_URL = re.compile(r"data:image/[A-Za-z0-9.+-]{1,64};base64,[A-Za-z0-9+/]*={0,2}")
 _ANSWER_TYPES = frozenset({"answer", "pranswer"})
@@ -229,6 +232,7 @@ class CallOffer:
     room_id: str | None = None
     remote_socket_id: str | None = None
     name: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -237,6 +241,7 @@ class CallOffer:
         return cls(
             SessionDescription.parse(fields.get("offer"), "offer", _OFFER_TYPES, settings),
             *_negotiation_targets(fields, settings),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -252,6 +257,7 @@ class CallAnswer:
     room_id: str | None = None
     remote_socket_id: str | None = None
     name: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -260,6 +266,7 @@ class CallAnswer:
         return cls(
             SessionDescription.parse(fields.get("ans"), "ans", _ANSWER_TYPES, settings),
             *_negotiation_targets(fields, settings),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -325,6 +332,7 @@ class NewMessage:
     message: str
     room_id: str | None = None
     remote_socket: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -337,6 +345,7 @@ class NewMessage:
             message=message,
             room_id=_optional_text(fields, "roomId", MAX_ID),
             remote_socket=_optional_text(fields, "remoteSocket", MAX_ID),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -386,21 +395,28 @@ def match_done(*, room_id: str, partner_sid: str, partner_name: str, partner_ima
     }
 
 
+def _with_id(payload: dict[str, Any], event_id: str | None) -> dict[str, Any]:
+    # The sender's event id travels on, so that a receiver can drop a repeat too.
+    if event_id is not None:
+        payload["id"] = event_id
+    return payload
+
+
 def offer_relayed(*, room_id: str, sender_sid: str, sender_name: str,
-                  offer: SessionDescription) -> dict[str, Any]:
+                  offer: SessionDescription, event_id: str | None = None) -> dict[str, Any]:
     """``negotiation-call-offer`` as the partner receives it."""
-    return {
+    return _with_id({
         "remoteUserDetails": {"socket": sender_sid, "userName": sender_name},
         "roomId": room_id,
         "offer": offer.to_json(),
-    }
+    }, event_id)
 
 
 def answer_relayed(*, room_id: str, sender_sid: str, sender_name: str,
-                   ans: SessionDescription) -> dict[str, Any]:
+                   ans: SessionDescription, event_id: str | None = None) -> dict[str, Any]:
     """``negotiation-call-answer`` as the partner receives it."""
-    return {"ans": ans.to_json(), "roomId": room_id, "name": sender_name,
-            "remoteSocketId": sender_sid}
+    return _with_id({"ans": ans.to_json(), "roomId": room_id, "name": sender_name,
+                     "remoteSocketId": sender_sid}, event_id)
 
 
 def candidate_relayed(candidate: IceCandidate | None) -> dict[str, Any]:
@@ -408,6 +424,7 @@ def candidate_relayed(candidate: IceCandidate | None) -> dict[str, Any]:
     return {"candidate": None if candidate is None else candidate.to_json()}
 
 
-def message_relayed(*, sender_sid: str, message: str) -> dict[str, Any]:
-    """``Message:recived``: ``{from, message}``, to both members."""
-    return {"from": sender_sid, "message": message}
+def message_relayed(*, sender_sid: str, message: str, event_id: str | None = None
+                    ) -> dict[str, Any]:
+    """``Message:recived``: ``{from, message}`` (and the sender's ``id``), to both."""
+    return _with_id({"from": sender_sid, "message": message}, event_id)

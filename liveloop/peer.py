@@ -37,7 +37,7 @@ from .errors import (
     error_event,
     ok_ack,
 )
-from .events import NewMessage, RequestRoom, StopCall
+from .events import NewMessage, RequestRoom, SendIceCandidates, StopCall
 from .messages import (
     Avoid,
     Deliver,
@@ -59,6 +59,10 @@ from .server.api import JSON, Ack, Socket
 from .status import Snapshot
 
 log = logging.getLogger(__name__)
+
+SEEN_IDS = 128
+"""Event ids remembered per connection to drop a client's retries: a retry comes within
+the client's ack timeout times its retries, far fewer events than this later."""
 
 HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
@@ -99,6 +103,9 @@ class Peer:
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        # The last SEEN_IDS event ids relayed (insertion order is age); made at the
+        # first id, as most clients of the seed's API send none.
+        self._seen: dict[str, None] | None = None
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -214,7 +221,20 @@ class Peer:
         else:
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
 
+    def _remember(self, event_id: str) -> None:
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
+        seen[event_id] = None
+        if len(seen) > SEEN_IDS:
+            del seen[next(iter(seen))]
+
     async def _relay(self, payload: events.Relayed) -> None:
+        event_id: str | None = None
+        if not isinstance(payload, SendIceCandidates):  # candidates repeat harmlessly
+            event_id = payload.id
+            if event_id is not None and self._seen is not None and event_id in self._seen:
+                return  # a client's retry of an event already relayed: ack it ok again
         call = self._check_target(payload.room_id, payload.target)
         if isinstance(payload, NewMessage):
             self._check_rate(events.NEW_MESSAGE)
@@ -228,6 +248,8 @@ class Peer:
             # Our own copy through our mailbox: it follows this event's ack, as the
             # partner's does.
             self._socket.post(deliver)
+        if event_id is not None:
+            self._remember(event_id)
 
     # -- server messages ---------------------------------------------------------------
 
