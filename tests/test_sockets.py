@@ -69,7 +69,8 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, recorder: Recorder) -> AsyncIterator[EngineServer]:
-    engine = socketio_server(Settings(max_payload=10_000), {"/": recorder, "/admin": recorder})
+    engine = socketio_server(Settings(max_payload=10_000, recovery_window=0.0),
+                            {"/": recorder, "/admin": recorder})
     await nursery.start(engine.run)
     yield engine
 
