@@ -245,8 +245,8 @@ class _Away:
     gone), as a full session mailbox would close a present one.
     """
 
-    __slots__ = ("claimed", "gone", "handed", "limit", "posted", "receive", "released",
-                 "send")
+    __slots__ = ("claimed", "first", "gone", "handed", "limit", "posted", "receive",
+                 "released", "send")
 
     def __init__(self, limit: int) -> None:
         self.send, self.receive = trio.open_memory_channel[object](limit + 2)
@@ -259,9 +259,13 @@ class _Away:
         self.claimed = False
         self.gone: str | None = None
         """Why the recovery was given up, once it is."""
+        self.first: list[object] = []
+        """Posts the session never handled, handled before anything in the mailbox."""
 
     def post(self, message: object) -> None:
-        if self.gone is not None or (self.claimed and message is not _CLAIM):
+        """Queue a post for the away task; after the claim, for the claimant (which
+        moves what follows the claim to its session's mailbox, in order)."""
+        if self.gone is not None:
             return
         if self.posted >= self.limit:
             self.give_up(DisconnectReason.MAILBOX_OVERFLOW)
@@ -341,6 +345,10 @@ class Recovery:
                 ends_here = False  # its session task ended the socket
                 return
             deadline = trio.current_time() + self.window
+            for unhandled in away.first:
+                if handler is not None and away.gone is None:
+                    await handler.on_message(unhandled)
+            away.first.clear()
             while away.gone is None:
                 message: object = None
                 if away.claimed:
@@ -397,6 +405,15 @@ class Recovery:
         socket._away = None
         socket._session = session
         socket._held = []
+        # Posted after the claim, before this handover: theirs is the new session's
+        # mailbox now, ahead of anything posted from here on.
+        while True:
+            try:
+                late = away.receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if late is not _GIVE_UP:
+                session.post(_ForSocket(socket, late))
         assert socket.record is not None
         socket.record.history.mark_back()
         return socket
@@ -553,6 +570,9 @@ class SocketIOConnection:
                 # Its client may come back: the away task takes the handler from here.
                 away = recovery.go_away(socket)
                 if away is not None:
+                    # What was posted to it and not handled yet goes first.
+                    away.first = [item.message for item in self.session.leftover
+                                  if isinstance(item, _ForSocket) and item.socket is socket]
                     away.released.set()
                     return
             away = socket._away
