@@ -1,5 +1,6 @@
 """Serving a :class:`~liveloop.app.RootApp` in-process: Engine.IO WebSockets by our own
-transport (:mod:`liveloop.server.fastws`), everything else by hypercorn's Trio worker."""
+transport (:mod:`liveloop.server.wstransport`) behind our front door
+(:mod:`liveloop.server.frontdoor`), everything else by hypercorn's Trio worker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypercorn.config import Config
 
 from .app import RootApp
 from .config import Settings
-from .server import fastws
+from .server import frontdoor
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [settings.bind]
     config.websocket_max_message_size = settings.max_payload
     config.accesslog = None
+    # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     return config
 
@@ -40,7 +43,7 @@ async def serve(app: RootApp, settings: Settings, *,
         await nursery.start(app.run)
         engines = app._engines  # RootApp's own routing: Engine.IO path -> server
         binds: list[str] = await nursery.start(
-            partial(fastws.serve, app, engines, hypercorn_config(settings))
+            partial(frontdoor.serve, app, engines, hypercorn_config(settings))
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)
