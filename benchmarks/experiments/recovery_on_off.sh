@@ -37,8 +37,8 @@ for round in 1 2; do
       | $PY -c 'import json,sys; r=json.load(sys.stdin); print(r["idle"])'
     kill "$pid"; wait "$pid" 2>/dev/null || true
     pid=$(serve $window)
-    echo "== round $round, recovery window $window: relay 200 x 20/s"
-    bench "$pid" relay --clients 200 --rate 20 --duration 20 \
+    echo "== round $round, recovery window $window: relay 100 x 20/s"
+    bench "$pid" relay --clients 100 --rate 20 --duration 20 \
       | $PY -c 'import json,sys; r=json.load(sys.stdin); print("cpu_us_per_msg", r["server"]["cpu_us_per_msg"], "sent", r["relay"]["sent"], "lost", r["relay"]["lost"], r["warnings"])'
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

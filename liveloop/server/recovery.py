@@ -61,7 +61,7 @@ class History:
         self._max_bytes = max_bytes
         self._seq = 0
         # Made at the first packet: most idle connections never get one.
-        self._entries: collections.deque[tuple[int, int, Frames]] | None = None
+        self._entries: collections.deque[tuple[int, int, Frames | str]] | None = None
         self._bytes = 0
         self._away_from: int | None = None
 
@@ -70,13 +70,14 @@ class History:
         self._seq += 1
         return str(self._seq)
 
-    def keep(self, frames: Frames) -> bool:
-        """Keep the packet just stamped. False if packets kept while away now exceed a
-        bound (the caller gives the recovery up); the packet is kept either way."""
+    def keep(self, frames: Frames | str) -> bool:
+        """Keep the packet just stamped: its frames, or its one text frame (the hot path:
+        no tuple). False if packets kept while away now exceed a bound (the caller gives
+        the recovery up); the packet is kept either way."""
         entries = self._entries
         if entries is None:
             entries = self._entries = collections.deque()
-        size = sum(len(frame) for frame in frames)
+        size = len(frames) if type(frames) is str else sum(len(f) for f in frames)
         entries.append((self._seq, size, frames))
         self._bytes += size
         while len(entries) > self._max_packets or self._bytes > self._max_bytes:
@@ -107,7 +108,10 @@ class History:
         frames: list[str | bytes] = []
         for seq, _, packet in entries:
             if seq > seen:
-                frames.extend(packet)
+                if type(packet) is str:
+                    frames.append(packet)
+                else:
+                    frames.extend(packet)
         return frames, seen + 1 >= first_held
 
     @property
