@@ -21,7 +21,15 @@ from ..config import Settings
 from ..logs import clip
 from ..wire import socketio as sio
 from ..wire.errors import ProtocolError
-from .api import JSON, ConnectRefused, DisconnectReason, Namespace, SocketClosed, SocketHandler
+from .api import (
+    DRAIN,
+    JSON,
+    ConnectRefused,
+    DisconnectReason,
+    Namespace,
+    SocketClosed,
+    SocketHandler,
+)
 from .recovery import RECOVERABLE, MemoryStore, RecoveryRecord, RecoveryStore, frames_of
 from .session import DISCONNECT_GRACE, EngineSession
 
@@ -166,6 +174,12 @@ class NamespaceSocket:
             self._session.post(_ServerDisconnect(self))
         elif self._away is not None:
             self._away.give_up(DisconnectReason.SERVER_NAMESPACE)
+
+    def drop(self) -> None:
+        if self._away is not None:  # nothing to close: the person is gone now
+            self._away.give_up(DisconnectReason.SERVER_SHUTDOWN)
+        else:
+            self._session.close(DisconnectReason.SERVER_SHUTDOWN)
 
     # -- used by SocketIOConnection, in the session task ---------------------------
 
@@ -437,6 +451,7 @@ class SocketIOConnection:
         self._decoder = sio.Decoder(max_attachments=settings.max_attachments)
         self._sockets: dict[str, NamespaceSocket] = {}
         self._session: EngineSession | None = None
+        self._draining = False
 
     @property
     def session(self) -> EngineSession:
@@ -534,6 +549,8 @@ class SocketIOConnection:
         socket.handler = handler
         self._sockets[name] = socket
         self._answer_connect(socket)
+        if self._draining:  # it joined late: it is told too
+            await handler.on_message(DRAIN)
 
     def _answer_connect(self, socket: NamespaceSocket) -> None:
         session = self.session
@@ -563,6 +580,8 @@ class SocketIOConnection:
             self.session.send_packets(frames)
         await socket.handler.on_recover()
         self._answer_connect(socket)
+        if self._draining:  # back while the server drains: told as the others were
+            await socket.handler.on_message(DRAIN)
         return True
 
     async def _drop(self, socket: NamespaceSocket, reason: str, *, shield: bool = True
@@ -606,6 +625,19 @@ class SocketIOConnection:
                 await socket.handler.on_message(message.message)
         elif isinstance(message, _ServerDisconnect):
             await self._drop(message.socket, DisconnectReason.SERVER_NAMESPACE)
+        elif message is DRAIN:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """The server drains: a connection on no namespace yet is closed; otherwise
+        each namespace's handler is told, and decides."""
+        self._draining = True
+        if not self._sockets:
+            self.session.close(DisconnectReason.SERVER_SHUTDOWN)
+            return
+        for socket in list(self._sockets.values()):
+            if socket.connected and socket.handler is not None:
+                await socket.handler.on_message(DRAIN)
 
     async def on_close(self, reason: str) -> None:
         for socket in list(self._sockets.values()):
