@@ -363,7 +363,9 @@ async def test_a_cut_longer_than_the_window_ends_the_call(nursery: trio.Nursery,
 
 async def test_recovery_after_long_polling_is_cut(nursery: trio.Nursery,
                                                   node: NodeClient) -> None:
-    served = await serve(nursery)
+    # Short heartbeats: if the reset lands between two polls, the client may only notice
+    # by its heartbeat (it has no connection open to be reset).
+    served = await serve(nursery, ping_interval=1.0, ping_timeout=1.0)
     a = await join(node, "a", served.proxied, transports=["polling"], reconnection=True)
     b = await join(node, "b", served.url)
     await pair_node(a, b)
