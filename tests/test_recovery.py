@@ -465,3 +465,11 @@ def test_history_bytes_bound() -> None:
     history.stamp()
     history.keep(("y" * 8,))
     assert history.packets == 1 and history.size == 8
+
+
+def test_recovery_is_on_by_default_and_off_for_the_protocol_suites() -> None:
+    """``liveloop serve`` and the hypercorn entry build their settings with
+    ``Settings.from_env``; ``liveloop conformance`` with ``Settings.conformance()``."""
+    assert Settings.from_env({}).recovery_window == 20.0
+    assert Settings.from_env({"LIVELOOP_RECOVERY_WINDOW": "0"}).recovery_window == 0.0
+    assert Settings.from_env({}).conformance().recovery_window == 0.0

@@ -423,3 +423,20 @@ async def test_python_socketio_with_and_without_the_opt_out(nursery: trio.Nurser
     # argument (a one-argument handler raises); with it, the seed's one argument.
     assert len(raw_plain["args"]) == 2 and raw_plain["args"][1].isdigit()
     assert raw_opted["args"] == [{"from": plain.sid, "message": "hi"}]
+
+
+async def test_recovery_after_an_upgrade(nursery: trio.Nursery, node: NodeClient) -> None:
+    served = await serve(nursery)
+    a = await join(node, "a", served.proxied, reconnection=True)  # polling, then upgrade
+    b = await join(node, "b", served.url)
+    await pair_node(a, b)
+    with trio.fail_after(DEADLINE):
+        await a.wait("upgrade")
+        served.proxy.refusing = True
+        served.proxy.cut()
+        await a.wait("disconnect")
+        assert await call(b, "newMessage", {"message": "after the upgrade"}) == {"ok": True}
+        served.proxy.refusing = False
+        line = await a.wait("connect")
+        assert line["recovered"] is True and line["sid"] == a.sid
+        assert (await a.receive("Message:recived"))["message"] == "after the upgrade"
