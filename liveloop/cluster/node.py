@@ -241,7 +241,9 @@ class ClusterMatchmaker:
             if message.first != message.second and cooldown > 0:
                 a, b = sorted((message.first, message.second))
                 pipe.set(f"{self._prefix}c:{a}|{b}", "1", px=math.ceil(cooldown * 1000))
-        # RoomClosed: rooms here end by themselves; nothing to forget.
+        # RoomClosed: rooms here end by themselves; nothing to forget. Returned: people
+        # away (connection state recovery, on this node) are not skipped by the scripts
+        # yet, so a return changes nothing there (docs/cluster.md, the recovery seam).
         return None
 
     # -- notices --------------------------------------------------------------------------

@@ -46,6 +46,10 @@ class RemoteSocket:
     def connected(self) -> bool:
         return True
 
+    @property
+    def present(self) -> bool:
+        return True
+
     def _notice(self, message: Deliver) -> DeliverNotice:
         return DeliverNotice(self._sid, self._node, message.room_id, message.event,
                              message.payload)
