@@ -192,7 +192,15 @@ def _lazy_app() -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal instance
         if instance is None:
-            instance = create_app(Settings.from_env())
+            try:
+                instance = create_app(Settings.from_env())
+            except Exception as exc:  # bad LIVELOOP_* values: say so, and fail the start
+                log.critical("Live Loop cannot start: %s", exc)
+                if scope["type"] != "lifespan":
+                    raise
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
         await instance(scope, receive, send)
 
     return app
