@@ -83,7 +83,7 @@ class ChildServer:
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.argv = argv
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
         self.process = subprocess.Popen(argv, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT)
 

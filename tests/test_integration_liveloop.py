@@ -4,7 +4,8 @@ The server is started by each entry of ``tests/hosts.py`` in turn (the ``entry``
 fixture): ``create_app(Settings(bind="127.0.0.1:0", ...))`` served as ``liveloop serve``
 does in the test's nursery, then ``hypercorn -k trio``, ``hypercorn`` (asyncio, Trio as a
 guest), ``hypercorn -k uvloop`` and ``uvicorn`` running ``liveloop.app:app`` in a child
-process kept for the module (its counts read relative to the test's start); the clients are the official npm ``socket.io-client`` (default transports
+process kept for the module (its counts read relative to the test's start); the clients
+are the official npm ``socket.io-client`` (default transports
 and WebSocket-only) and python-socketio (WebSocket-only and polling-only), several named
 sockets per driver process. ``/api/status`` is read over plain HTTP.
 
