@@ -186,14 +186,16 @@ def create_app(settings: Settings) -> RootApp:
                    (service.run,))
 
 
-def _lazy_app() -> ASGIApp:
+def lazy_app(factory: Callable[[Settings], RootApp]) -> ASGIApp:
+    """An ASGI app that builds ``factory(Settings.from_env())`` on its first call, so
+    that importing it (as a server does) reads nothing; bad settings fail the start."""
     instance: RootApp | None = None
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal instance
         if instance is None:
             try:
-                instance = create_app(Settings.from_env())
+                instance = factory(Settings.from_env())
             except Exception as exc:  # bad LIVELOOP_* values: say so, and fail the start
                 log.critical("Live Loop cannot start: %s", exc)
                 if scope["type"] != "lifespan":
@@ -206,6 +208,6 @@ def _lazy_app() -> ASGIApp:
     return app
 
 
-app = _lazy_app()
+app = lazy_app(create_app)
 """What ``hypercorn liveloop.app:app`` (any worker) and ``uvicorn liveloop.app:app``
 serve; settings from ``LIVELOOP_*``."""
