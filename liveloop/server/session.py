@@ -419,12 +419,26 @@ class EngineSession:
         self._act_on_timers(now)
         self._schedule()
 
+    def expire_overdue(self) -> bool:
+        """Close the session now if its pong or the app's deadline has passed though
+        its wake-up has not come yet (it comes late on a loaded or guest loop); whether
+        it did. A request that arrives after a deadline finds the session gone."""
+        if self.closed:
+            return False
+        now = trio.current_time()
+        if now >= self._pong_due or now >= self._deadline:
+            self._act_on_timers(now)
+            return self.closed
+        return False
+
     def _act_on_timers(self, now: float) -> None:
         if now >= self._deadline:
             self.close(self._deadline_reason)
         elif now >= self._pong_due:
             self.close("ping timeout")
         elif now >= self._next_ping:
+            # from when the ping was due, so that a late wake-up does not push the
+            # close past pingInterval + pingTimeout (clients count that way)
+            self._pong_due = self._next_ping + self.settings.ping_timeout
             self._next_ping = math.inf
-            self._pong_due = now + self.settings.ping_timeout
             self.send_frame("2")
