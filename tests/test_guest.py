@@ -453,3 +453,16 @@ def test_another_async_library_is_refused_at_start(host: Callable[..., None]) ->
             sniffio.current_async_library_cvar.reset(token)
 
     host(scenario())
+
+
+def test_without_a_lifespan_calls_say_what_is_missing(host: Callable[..., None]) -> None:
+    """``uvicorn --lifespan off``: no Trio side was started; each call says so."""
+    app = RootApp({}, respond_ok, (idle_actors,))
+
+    async def scenario() -> None:
+        side = HostSide()
+        with pytest.raises(RuntimeError, match="lifespan"):
+            await app(HTTP, side.receive, side.send)
+        assert side.sent == []
+
+    host(scenario())
