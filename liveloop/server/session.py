@@ -426,15 +426,19 @@ class EngineSession:
         if self.closed:
             return False
         now = trio.current_time()
-        if now >= self._pong_due or now >= self._deadline:
+        if now >= self._deadline or now >= self._pong_deadline():
             self._act_on_timers(now)
             return self.closed
         return False
 
+    def _pong_deadline(self) -> float:
+        """When the pong is due: ``ping_timeout`` after the ping was due, sent or not."""
+        return min(self._pong_due, self._next_ping + self.settings.ping_timeout)
+
     def _act_on_timers(self, now: float) -> None:
         if now >= self._deadline:
             self.close(self._deadline_reason)
-        elif now >= self._pong_due:
+        elif now >= self._pong_deadline():  # a ping still unsent is that late: no pong
             self.close("ping timeout")
         elif now >= self._next_ping:
             # from when the ping was due, so that a late wake-up does not push the
