@@ -27,6 +27,10 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _upper(text: str) -> str:
+    return text.upper()
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -38,6 +42,10 @@ class Settings:
     # Where to listen (``liveloop serve``); hypercorn's own flags win under ``hypercorn``.
     bind: str = attrs.field(default="127.0.0.1:3000", metadata={"help": "HOST:PORT to listen on"})
     path: str = attrs.field(default="/socket.io/", metadata={"help": "Engine.IO endpoint path"})
+    certfile: str = attrs.field(
+        default="", metadata={"help": "PEM certificate chain: serve HTTPS (with keyfile)"}
+    )
+    keyfile: str = attrs.field(default="", metadata={"help": "PEM private key for certfile"})
 
     # Engine.IO
     ping_interval: float = attrs.field(default=25.0, metadata={"help": "seconds between pings"})
@@ -95,6 +103,46 @@ class Settings:
     )
     status_users: int = attrs.field(
         default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+
+    # ICE servers handed to clients (get-ice-servers); docs/turn.md
+    stun_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple, metadata={"help": "comma-separated stun: URLs"}
+    )
+    turn_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple,
+        metadata={"help": "comma-separated turn:/turns: URLs (needs a TURN secret)"},
+    )
+    # repr=False: the secret never reaches a log, even when the settings are printed.
+    turn_secret: str = attrs.field(
+        default="", repr=False,
+        metadata={"help": "coturn static-auth-secret (prefer turn_secret_file)"},
+    )
+    turn_secret_file: str = attrs.field(
+        default="", metadata={"help": "file holding the TURN secret (first line)"}
+    )
+    turn_ttl: int = attrs.field(
+        default=600, metadata={"help": "seconds a TURN credential is valid"}
+    )
+    ice_servers_per_minute: int = attrs.field(
+        default=10, metadata={"help": "get-ice-servers events per client per minute"}
+    )
+
+    # Operations: metrics and logs
+    metrics_bind: str = attrs.field(
+        default="", metadata={"help": "HOST:PORT of the Prometheus metrics listener; empty: off"}
+    )
+    log_format: str = attrs.field(
+        default="text", validator=attrs.validators.in_(("text", "json")),
+        metadata={"help": "text, or json (one JSON object a line)"},
+    )
+    log_level: str = attrs.field(
+        default="INFO",
+        validator=attrs.validators.in_(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+        converter=_upper, metadata={"help": "DEBUG, INFO, WARNING, ERROR or CRITICAL"},
+    )
+    log_client_addresses: bool = attrs.field(
+        default=False, metadata={"help": "on: client IP addresses may appear in logs"}
     )
 
     @classmethod

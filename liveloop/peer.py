@@ -37,7 +37,8 @@ from .errors import (
     error_event,
     ok_ack,
 )
-from .events import NewMessage, RequestRoom, StopCall
+from .events import GetIceServers, NewMessage, RequestRoom, StopCall
+from .ice import IceServers, new_connection_id
 from .messages import (
     Avoid,
     Deliver,
@@ -52,6 +53,7 @@ from .messages import (
     RoomMessage,
     Withdraw,
 )
+from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .room import relayed
 from .server.api import JSON, Ack, Socket
@@ -85,19 +87,25 @@ class Peer:
 
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
-                 snapshot: Callable[[], Snapshot], clock: Callable[[], float]) -> None:
+                 snapshot: Callable[[], Snapshot], clock: Callable[[], float],
+                 metrics: Metrics, ice: IceServers | None = None) -> None:
         self._socket = socket
         self._sid = socket.sid
         self._settings = settings
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._limits = RateLimiter(settings, clock)
+        self._metrics = metrics
+        self._relayed = metrics.relayed
         self._phase = Phase.IDLE
         self._call: Call | None = None
         self._member: Member | None = None
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        self._ice = ice
+        # This connection's id in TURN usernames; made on the first get-ice-servers.
+        self._turn_id: str | None = None
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -123,14 +131,15 @@ class Peer:
                 raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
                                     f"unknown event {str(event)[:64]!r}")
             payload = events.parse(event, args[0] if args else None, self._settings)
-            await self._dispatch(payload)
+            answer = await self._dispatch(payload)
         except LiveLoopError as error:
+            self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
                 ack(error_ack(error))
         else:
             if ack is not None:
-                ack(ok_ack())
+                ack(ok_ack() if answer is None else {**ok_ack(), **answer})
 
     async def on_message(self, message: object) -> None:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
@@ -145,9 +154,12 @@ class Peer:
             if self._phase is Phase.QUEUED and message.ticket == self._ticket:
                 self._phase = Phase.IDLE
                 error = LiveLoopError(message.code, message.message)
+                self._metrics.error(error.code, events.REQUEST_ROOM)
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
         else:
-            log.warning("peer %s: unexpected message %r", self._sid, message)
+            # The type only: a message may carry a name or a thumbnail.
+            log.warning("unexpected message", extra={
+                "sid": self._sid, "type": type(message).__name__})
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""
@@ -160,13 +172,17 @@ class Peer:
 
     # -- client events ---------------------------------------------------------------
 
-    async def _dispatch(self, payload: events.Inbound) -> None:
+    async def _dispatch(self, payload: events.Inbound) -> dict[str, object] | None:
+        """Act on one valid event; returns what its ack adds to ``ok: true``, if any."""
+        if isinstance(payload, GetIceServers):
+            return self._ice_servers()
         if isinstance(payload, RequestRoom):
             await self._request_room(payload)
         elif isinstance(payload, StopCall):
             await self._stop_call(payload)
         else:
             await self._relay(payload)
+        return None
 
     async def _request_room(self, request: RequestRoom) -> None:
         call = self._call
@@ -189,6 +205,15 @@ class Peer:
         if stale:
             raise LiveLoopError(ErrorCode.INVALID_ROOM,
                                 "roomId names no room of yours; you are queued anyway")
+
+    def _ice_servers(self) -> dict[str, object]:
+        """The ``get-ice-servers`` answer (without ``ok``), rate-limited."""
+        self._check_rate(events.GET_ICE_SERVERS)
+        if self._ice is None:
+            return {"iceServers": [], "ttl": self._settings.turn_ttl}
+        if self._turn_id is None:
+            self._turn_id = new_connection_id()
+        return self._ice.answer(self._turn_id)
 
     async def _stop_call(self, stop: StopCall) -> None:
         if self._phase is Phase.IN_ROOM:
@@ -217,6 +242,7 @@ class Peer:
         assert self._member is not None  # set when this peer queued for the call
         deliver = relayed(payload, call.room_id, self._member)
         call.partner.socket.post(deliver)
+        self._relayed[type(payload)].inc()
         if isinstance(payload, NewMessage):
             # Our own copy through our mailbox: it follows this event's ack, as the
             # partner's does.
@@ -279,7 +305,8 @@ class Peer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Only when the matchmaker has stopped: at shutdown (every peer then gets
             # here, hence no error), or when it died, which ends the process anyway.
-            log.info("peer %s: matchmaker stopped, dropped %r", self._sid, message)
+            log.info("matchmaker stopped; message dropped", extra={
+                "sid": self._sid, "type": type(message).__name__})
 
     async def _tell_room(self, call: Call, message: RoomMessage) -> bool:
         """Send to the room; False if it has ended (its RoomEnded is then on its way)."""
@@ -297,12 +324,17 @@ class LiveLoopNamespace:
     def __init__(self, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot],
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time,
+                 metrics: Metrics | None = None,
+                 ice: IceServers | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._clock = clock
+        self._ice = ice
 
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
-        return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock)
+        return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
+                    self._metrics, self._ice)

@@ -26,7 +26,17 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [settings.bind]
     config.websocket_max_message_size = settings.max_payload
     config.accesslog = None
+    # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise ValueError("certfile and keyfile go together: give both or neither")
+    if settings.certfile:
+        config.certfile = settings.certfile
+        config.keyfile = settings.keyfile
+        # HTTP/1.1 only: the front door reads request heads with h11 (and browsers'
+        # WebSockets use it anyway).
+        config.alpn_protocols = ["http/1.1"]
     return config
 
 
@@ -34,7 +44,8 @@ async def serve(app: RootApp, settings: Settings, *,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the app's actors and the listener in one nursery until cancelled.
 
-    Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. If an
+    Reports the bound URLs (``http://127.0.0.1:PORT``, ``https://`` with a certificate)
+    through ``task_status``. If an
     actor crashes, the nursery cancels the listener and the exception propagates.
     """
     async with trio.open_nursery() as nursery:

@@ -8,6 +8,12 @@ Any other connection (polling, REST, a WebSocket elsewhere, anything malformed) 
 hypercorn's own connection handler, which first reads back the bytes taken here; it
 serves them through the ASGI app as ``hypercorn -k trio`` would.
 
+With a certificate (``config.ssl_enabled``), the front door terminates TLS itself: each
+connection's handshake happens here, then the same routing runs on the decrypted stream,
+except that a WebSocket over TLS goes to hypercorn too (the lean transport writes to the
+socket's file descriptor, beneath TLS). ALPN offers HTTP/1.1 only, which the head parser
+reads; hypercorn's ASGI scopes then say ``https``/``wss``.
+
 This module is built on hypercorn's private interfaces (its Trio ``TCPServer``,
 ``Lifespan``, ``WorkerContext``): ``pyproject.toml`` pins hypercorn to the versions
 listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
@@ -16,6 +22,7 @@ listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 from urllib.parse import unquote
 
@@ -54,8 +61,7 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
     """
-    if config.ssl_enabled:
-        raise ValueError("liveloop serve does not terminate TLS")
+    tls = config.create_ssl_context() if config.ssl_enabled else None
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
@@ -65,11 +71,13 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
         await lifespan.wait_for_startup()
         listeners: list[trio.SocketListener] = []
         binds: list[str] = []
-        for sock in config.create_sockets().insecure_sockets:
+        sockets = config.create_sockets()
+        for sock in sockets.secure_sockets if tls else sockets.insecure_sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
+            scheme = "https" if tls else "http"
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()), tls)
         task_status.started(binds)
         await trio.serve_listeners(server.handle, listeners)
 
@@ -78,16 +86,24 @@ class Server:
     """Handles each accepted connection: see the module docstring."""
 
     def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState) -> None:
+                 state: ConnectionState, tls: ssl.SSLContext | None = None) -> None:
         self._engines = engines
+        self._tls = tls
         self._app = app
         self._config = config
         self._context = WorkerContext(None)
         self._state = state
 
-    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one connection; whatever goes wrong with it ends it alone."""
         try:
+            if self._tls is not None:
+                stream = trio.SSLStream(stream, self._tls, server_side=True,
+                                        https_compatible=True)
+                with trio.move_on_after(self._config.ssl_handshake_timeout) as waiting:
+                    await stream.do_handshake()
+                if waiting.cancelled_caught:
+                    return
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
@@ -96,7 +112,7 @@ class Server:
         finally:
             await stream.aclose()
 
-    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         received = bytearray()
         event: object = h11.NEED_DATA
@@ -124,8 +140,10 @@ class Server:
             finally:
                 await ws.shutdown()
             return
+        replay = (_TLSReplay if isinstance(stream, trio.SSLStream) else _Replay)(
+            stream, bytes(received))
         server = TCPServer(self._app, self._config, self._context, self._state,
-                           _Replay(stream, bytes(received)))  # type: ignore[arg-type]
+                           replay)  # type: ignore[arg-type]
         await server.run()
 
 
@@ -179,7 +197,7 @@ def _upgrade(http: h11.Connection, event: object, engines: _Engines
 class _Replay(trio.abc.HalfCloseableStream):
     """A connection handed to hypercorn: reads first return the bytes already taken."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, head: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
         self._stream = stream
         self._head = head
         self.socket = getattr(stream, "socket", None)
@@ -201,7 +219,27 @@ class _Replay(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _TLSReplay(_Replay):
+    """A TLS connection handed to hypercorn, handshake done: it answers hypercorn's
+    questions of a ``trio.SSLStream`` (so scopes say ``https``/``wss``)."""
+
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
+        assert isinstance(stream, trio.SSLStream)
+        super().__init__(stream, head)
+        self._tls = stream
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        """Done already, by the front door."""
+        await trio.lowlevel.checkpoint()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
