@@ -13,7 +13,8 @@ servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`
   ``uvicorn liveloop.app:app``) the lifespan starts them, and the whole Trio side, as
   a guest run on the server's loop, and every other ASGI call crosses to it through
   :class:`~liveloop.guest.GuestRun` (see :mod:`liveloop.guest`); a crash there is
-  logged at CRITICAL and stops the process.
+  logged at CRITICAL and ends the process with status 1 as well (the server itself
+  would go on serving).
 
 Under any other async library the lifespan startup fails with :data:`WRONG_HOST`.
 """
@@ -138,7 +139,8 @@ class RootApp:
 
     async def _lifespan_as_guest(self, receive: Receive, send: Send) -> None:
         """The lifespan under an asyncio server: the Trio side as a guest run."""
-        guest = GuestRun(self.run, self.route)
+        # A crash ends the process with status 1, as under ``-k trio`` (docs/operations.md)
+        guest = GuestRun(self.run, self.route, on_crash=lambda: self._exit(1))
         try:
             await guest.start()
         except Exception as exc:

@@ -26,9 +26,10 @@ thread, without threads of its own:
   is done.
 
 A crash of the Trio side after startup is logged at CRITICAL and then ``on_crash``
-runs, which by default sends the process SIGTERM: hypercorn's asyncio worker and
-uvicorn go on serving after an exception that comes after startup, and a server that
-answers but matches nobody is worse than one that stops.
+runs, which by default sends the process SIGTERM (``liveloop.app`` passes one that
+exits at once with status 1): hypercorn's asyncio worker and uvicorn go on serving
+after an exception that comes after startup, and a server that answers but matches
+nobody is worse than one that stops.
 """
 
 from __future__ import annotations
