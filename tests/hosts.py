@@ -118,6 +118,14 @@ class ChildServer:
             self._log.close()
 
 
+SHARED = {"handshakes_per_ip": 1_000_000}
+"""Settings every child server gets: it serves a whole module's tests, all from
+127.0.0.1, and the per-address handshake window (20 per 10 s by default, made for one
+client) would refuse later tests' clients. One test alone stays far below the default,
+which the in-process ``serve`` entry keeps; the limit itself is tested in
+``tests/test_limits.py``."""
+
+
 class Hosts:
     """Child servers of one entry, one per distinct settings, kept until :meth:`close`."""
 
@@ -128,7 +136,7 @@ class Hosts:
     def url(self, settings: Mapping[str, object], app: str | None = None) -> str:
         key = (("app", app), *sorted(settings.items()))
         if key not in self._servers:
-            child = ChildServer(self.entry.command(app), env_for(settings))
+            child = ChildServer(self.entry.command(app), env_for({**SHARED, **settings}))
             self._servers[key] = (child, child.start())
         return self._servers[key][1]
 
