@@ -200,7 +200,8 @@ class EngineSession:
             object](settings.mailbox_size + _CLIENT_CREDITS + 1)
         self._posted = 0
         self._credits = trio.Semaphore(_CLIENT_CREDITS)
-        self._next_ping = math.inf
+        self._next_ping = trio.current_time() + settings.ping_interval  # from the handshake on,
+        # not from when this task starts (late on a loaded or guest loop)
         self._pong_due = math.inf
         self._deadline = math.inf
         self._deadline_reason = ""
@@ -388,8 +389,6 @@ class EngineSession:
         """
         try:
             with self._scope:
-                now = trio.current_time()
-                self._next_ping = now + self.settings.ping_interval
                 self._schedule()
                 await self.app.on_open(self)
                 await self._serve()
