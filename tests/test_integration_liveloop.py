@@ -1,7 +1,11 @@
 """DESIGN.md's "Event semantics", end to end, through real Socket.IO clients.
 
-The server is ``create_app(Settings(bind="127.0.0.1:0", ...))`` served by hypercorn in the
-test's nursery; the clients are the official npm ``socket.io-client`` (default transports
+The server is started by each entry of ``tests/hosts.py`` in turn (the ``entry``
+fixture): ``create_app(Settings(bind="127.0.0.1:0", ...))`` served as ``liveloop serve``
+does in the test's nursery, then ``hypercorn -k trio``, ``hypercorn`` (asyncio, Trio as a
+guest), ``hypercorn -k uvloop`` and ``uvicorn`` running ``liveloop.app:app`` in a child
+process kept for the module (its counts read relative to the test's start); the clients
+are the official npm ``socket.io-client`` (default transports
 and WebSocket-only) and python-socketio (WebSocket-only and polling-only), several named
 sockets per driver process. ``/api/status`` is read over plain HTTP.
 
@@ -33,6 +37,7 @@ from liveloop.config import Settings
 
 from .cluster import RedisServer, need_redis
 from .conftest import DEADLINE, Sock, Variant, http_get, start_server
+from .hosts import Entry, Hosts
 from .nodeclient import NodeClient
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
@@ -65,6 +70,8 @@ class Live:
     socks: list[Sock] = attrs.Factory(list)
     others: tuple[str, ...] = ()
     """More nodes of the same service (on one Redis): clients join the nodes in turn."""
+    rooms_before: int = 0
+    """Rooms the server had made before this test (a child server serves a module)."""
 
     async def join(self, name: str) -> Sock:
         sock = Sock(self.driver, name)
@@ -81,7 +88,19 @@ class Live:
         assert response.status == 200
         assert response.headers["content-type"].startswith("application/json")
         document: dict[str, Any] = response.json()
+        document["rooms"]["total"] -= self.rooms_before
         return document
+
+    async def settle(self) -> None:
+        """Wait until earlier tests' clients have left a shared server, and count its
+        rooms from here."""
+        with trio.fail_after(4 * DEADLINE):  # a polling client's leave may wait for a poll
+            while True:
+                document = await self.status()
+                if document["queue"]["size"] == 0 and document["rooms"]["active"] == 0:
+                    self.rooms_before = document["rooms"]["total"]
+                    return
+                await trio.sleep(0.05)
 
     async def status_until(self, want: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll ``/api/status`` until ``want`` holds (a deadline, not a sleep, decides)."""
@@ -97,40 +116,61 @@ class Live:
             check_order(sock)
 
 
+@attrs.frozen
+class Server:
+    """Where a test's server comes from: its entry, and the entry's child servers."""
+
+    entry: Entry
+    hosts: Hosts
+    nursery: trio.Nursery
+    redis_url: str = ""
+    """Set: two nodes in this process sharing that Redis, which clients join in turn."""
+
+    async def live(self, driver: NodeClient, variant: Variant, **overrides: Any) -> Live:
+        if self.entry.in_process:
+            settings = attrs.evolve(Settings(bind="127.0.0.1:0", redis_url=self.redis_url),
+                                    **overrides)
+            url = await start_server(self.nursery, create_app(settings), settings)
+            if not self.redis_url:
+                return Live(url, driver, variant)
+            other = await start_server(self.nursery, create_app(settings), settings)
+            return Live(url, driver, variant, others=(other,))
+        url = await trio.to_thread.run_sync(self.hosts.url, overrides)
+        live = Live(url, driver, variant)
+        await live.settle()
+        return live
+
+
 @pytest.fixture(params=["one process", "two nodes on Redis"])
-async def deployment(request: pytest.FixtureRequest, nursery: trio.Nursery) -> str:
-    """Every test runs against one process, and against two nodes sharing a real Redis
-    (in this process, each its own app) that the test's clients join in turn."""
+async def deployment(request: pytest.FixtureRequest, entry: Entry,
+                     nursery: trio.Nursery) -> str:
+    """Every in-process test also runs against two nodes sharing a real Redis (each its
+    own app in this process), which the test's clients join in turn."""
     if request.param == "one process":
         return ""
+    if not entry.in_process:
+        pytest.skip("two nodes on Redis: in process only")
     redis = RedisServer(nursery, need_redis())
     await redis.start()
     request.addfinalizer(lambda: redis.process.kill() if redis.process else None)
     return redis.url
 
 
-async def live_server(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
-                      redis_url: str, **overrides: Any) -> Live:
-    settings = attrs.evolve(Settings(bind="127.0.0.1:0", redis_url=redis_url), **overrides)
-    url = await start_server(nursery, create_app(settings), settings)
-    if not redis_url:
-        return Live(url, driver, variant)
-    other = await start_server(nursery, create_app(settings), settings)
-    return Live(url, driver, variant, others=(other,))
+@pytest.fixture
+def server(entry: Entry, hosts: Hosts, nursery: trio.Nursery, deployment: str) -> Server:
+    return Server(entry, hosts, nursery, deployment)
 
 
 @pytest.fixture
-async def live(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
-               deployment: str) -> Live:
+async def live(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """The server with its default settings (rate limits on, 60 s cooldown)."""
-    return await live_server(nursery, driver, variant, deployment)
+    return await server.live(driver, variant)
 
 
 @pytest.fixture
-async def live_unlimited(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
-                         deployment: str) -> Live:
+async def live_unlimited(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """Rate limits off, for tests that press "Next" within 5 s of their first request."""
-    return await live_server(nursery, driver, variant, deployment, rate_limits=False)
+    return await server.live(driver, variant, rate_limits=False)
 
 
 def request(name: str, image: str = "", room_id: str | None = None) -> dict[str, Any]:
