@@ -2,9 +2,11 @@
 ``socketio/socket.io-protocol``, their ``test-suite`` directories, npm-installed) against
 the conformance app, started by each entry in turn (the ``entry`` fixture).
 
-The suites are fetched, never committed: ``PROTOCOL_SUITES`` names the directory that
-holds both checkouts (``/work/suites`` by default; CI reaches no host to fetch them). Without
-them these tests are skipped, saying so.
+The suites are fetched, never committed, and run only when asked: ``PROTOCOL_SUITES``
+names the directory that holds both npm-installed checkouts. Unset (as in CI, which reaches
+no host to fetch them), these tests are skipped, saying so. They are opt-in because the
+suites' heartbeat tests have 200-300 ms windows written into them: on a loaded machine they
+fail by chance, and a test that can fail by chance has no place in the default run.
 
 The suites hard-code ``http://localhost:3000``; each run uses a copy of
 ``test-suite.js`` with the URL of the server under test instead, beside a
@@ -29,7 +31,7 @@ from liveloop.conformance import create_conformance_app
 from .conftest import start_server
 from .hosts import Entry, Hosts
 
-SUITES = Path(os.environ.get("PROTOCOL_SUITES", "/work/suites"))
+SUITES = Path(os.environ["PROTOCOL_SUITES"]) if "PROTOCOL_SUITES" in os.environ else None
 EXPECTED = {"engine.io-protocol": 24, "socket.io-protocol": 32}
 """How many tests each suite has (all must pass)."""
 
@@ -61,6 +63,7 @@ globalThis.chai = chai;
 
 
 def suite_dir(name: str) -> Path:
+    assert SUITES is not None
     return SUITES / name / "test-suite"
 
 
@@ -80,6 +83,8 @@ def prepare(name: str, url: str, where: Path) -> Path:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_official_suite(name: str, entry: Entry, hosts: Hosts, nursery: trio.Nursery,
                               tmp_path: Path) -> None:
+    if SUITES is None:
+        pytest.skip("the official suites run only when PROTOCOL_SUITES names their checkouts")
     if not (suite_dir(name) / "node_modules").is_dir():
         pytest.skip(f"{suite_dir(name)} is not there (set PROTOCOL_SUITES)")
     if entry.in_process:
