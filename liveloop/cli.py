@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .app import RootApp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,14 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command in ("serve", "conformance"):
         settings = Settings.from_args(args)
+        make_app: Callable[[Settings], RootApp]
         if args.command == "serve":
-            from .app import create_app
-
-            app = create_app(settings)
+            from .app import create_app as make_app
         else:
-            from .conformance import create_conformance_app
+            from .conformance import create_conformance_app as make_app
+        if settings.workers != 1:
+            from .workers import run_workers
 
-            app = create_conformance_app(settings)
+            return run_workers(settings, make_app)
+        app = make_app(settings)
         from .serve import serve
 
         try:

@@ -38,6 +38,9 @@ class Settings:
     # Where to listen (``liveloop serve``); hypercorn's own flags win under ``hypercorn``.
     bind: str = attrs.field(default="127.0.0.1:3000", metadata={"help": "HOST:PORT to listen on"})
     path: str = attrs.field(default="/socket.io/", metadata={"help": "Engine.IO endpoint path"})
+    workers: int = attrs.field(
+        default=1, metadata={"help": "worker processes for liveloop serve (docs/deploy.md)"}
+    )
 
     # Engine.IO
     ping_interval: float = attrs.field(default=25.0, metadata={"help": "seconds between pings"})

@@ -21,6 +21,7 @@ from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
+from .routing import tag_sid
 from .session import (
     FLUSH_GRACE,
     DirectWriter,
@@ -67,6 +68,9 @@ class EngineServer:
         self._nursery: trio.Nursery | None = None
         self._max = settings.max_payload
         self.timers = Timers()
+        self.worker: int | None = None
+        """Under several workers, this worker's index: it tags the sids made here
+        (:func:`~liveloop.server.routing.tag_sid`) so requests find their way back."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
@@ -92,7 +96,7 @@ class EngineServer:
     def _start(self, transport: str) -> EngineSession:
         if self._nursery is None:
             raise RuntimeError("EngineServer.run() is not running")
-        sid = new_id()
+        sid = new_id() if self.worker is None else tag_sid(new_id(), self.worker)
         session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
         self._nursery.start_soon(self._run_session, session)

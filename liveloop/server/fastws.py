@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from os import read as _read
 from os import write as _write
 from typing import Any
@@ -44,6 +44,8 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from ..wire import websocket as wsframe
 from .asgi import Scope
 from .engine import EngineServer
+from .http1 import RoutedConnection
+from .routing import Handoff, Worker
 from .session import FLUSH_GRACE, OutFrame, take_all
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,14 @@ _Engines = dict[str, EngineServer]
 
 
 async def serve(app: Any, engines: _Engines, config: Config, *,
+                worker: Worker | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
     (path without trailing slash -> server) here, the rest by hypercorn with ``app``.
+
+    As one of several workers (``worker``), listen on the worker's own socket instead,
+    route every request to the worker that owns its session, and serve HTTP here too
+    (:mod:`.http1`, :mod:`.routing`).
 
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
@@ -74,11 +81,15 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
         await lifespan.wait_for_startup()
         listeners: list[trio.SocketListener] = []
         binds: list[str] = []
-        for sock in config.create_sockets().insecure_sockets:
+        sockets = [worker.listener] if worker else config.create_sockets().insecure_sockets
+        for sock in sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
         server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
+        if worker is not None:
+            server.route(app, worker.handoff)
+            nursery.start_soon(server.serve_handoffs, worker.handoff)
         task_status.started(binds)
         await trio.serve_listeners(server.handle, listeners)
 
@@ -93,11 +104,30 @@ class Server:
         self._config = config
         self._context = WorkerContext(None)
         self._state = state
+        self._routed: RoutedConnection | None = None
 
-    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
-        """Serve one connection; whatever goes wrong with it ends it alone."""
+    def route(self, app: Any, handoff: Handoff) -> None:
+        """Serve as one of several workers: every request head is read here and routed
+        (:class:`~liveloop.server.http1.RoutedConnection`)."""
+        self._routed = RoutedConnection(app, frozenset(self._engines), handoff,
+                                        self._config.keep_alive_timeout, self._websocket)
+
+    async def serve_handoffs(self, handoff: Handoff) -> None:
+        """Serve the connections other workers pass here, each in its own task."""
+        async with trio.open_nursery() as nursery:
+            while (passed := await handoff.receive()) is not None:
+                sock, data = passed
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                nursery.start_soon(self.handle, stream, data)
+
+    async def handle(self, stream: trio.abc.HalfCloseableStream, data: bytes = b"") -> None:
+        """Serve one connection (``data``: bytes already read from it, when another
+        worker passed it here); whatever goes wrong with it ends it alone."""
         try:
-            await self._serve(stream)
+            if self._routed is not None and isinstance(stream, trio.SocketStream):
+                await self._routed.serve(stream, data)
+            else:
+                await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
         except Exception:
@@ -122,20 +152,37 @@ class Server:
                     break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
         if waiting.cancelled_caught:
             return  # as hypercorn's keep-alive timeout closes a silent connection
-        upgrade = _upgrade(http, event, self._engines)
-        if upgrade is not None and isinstance(stream, trio.SocketStream):
-            engine, scope, key = upgrade
-            ws = FastWebSocket(stream, http, key, http.trailing_data[0],
-                               engine.settings.max_payload)
-            del http, event, received  # held for the connection's life otherwise
-            try:
-                await engine.serve_websocket(scope, ws)
-            finally:
-                await ws.shutdown()
+        websocket = (self._websocket(stream, http, event)
+                     if isinstance(stream, trio.SocketStream) else None)
+        if websocket is not None:
+            del http, event, received
+            await websocket()
             return
         server = TCPServer(self._app, self._config, self._context, self._state,
                            _Replay(stream, bytes(received)))  # type: ignore[arg-type]
         await server.run()
+
+
+    def _websocket(self, stream: trio.SocketStream, http: h11.Connection, event: object
+                   ) -> Callable[[], Awaitable[None]] | None:
+        """If ``event`` (read by ``http``) is an Engine.IO WebSocket handshake: what
+        serves the WebSocket until it ends. It holds neither ``http`` nor ``event``:
+        the caller drops them before awaiting it, as they would be kept for the
+        connection's life otherwise."""
+        upgrade = _upgrade(http, event, self._engines)
+        if upgrade is None:
+            return None
+        engine, scope, key = upgrade
+        ws = FastWebSocket(stream, http, key, http.trailing_data[0],
+                           engine.settings.max_payload)
+
+        async def serve() -> None:
+            try:
+                await engine.serve_websocket(scope, ws)
+            finally:
+                await ws.shutdown()
+
+        return serve
 
 
 def _upgrade(http: h11.Connection, event: object, engines: _Engines
