@@ -1,5 +1,6 @@
 """Serving a :class:`~liveloop.app.RootApp` in-process: Engine.IO WebSockets by our own
-transport (:mod:`liveloop.server.fastws`), everything else by hypercorn's Trio worker."""
+transport (:mod:`liveloop.server.wstransport`) behind our front door
+(:mod:`liveloop.server.frontdoor`), everything else by hypercorn's Trio worker."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypercorn.config import Config
 
 from .app import RootApp
 from .config import Settings
-from .server import fastws
+from .server import frontdoor
 from .server.routing import Worker
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ async def serve(app: RootApp, settings: Settings, *, worker: Worker | None = Non
             nursery.start_soon(_stop_without_parent, worker.lifeline, nursery.cancel_scope)
         await nursery.start(app.run)
         binds: list[str] = await nursery.start(
-            partial(fastws.serve, app, engines, hypercorn_config(settings), worker=worker)
+            partial(frontdoor.serve, app, engines, hypercorn_config(settings), worker=worker)
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)

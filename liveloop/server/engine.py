@@ -246,7 +246,7 @@ class EngineServer:
     async def serve_websocket(self, scope: Scope, ws: WebSocket) -> None:
         """Serve one WebSocket request (``scope`` gives its query and headers) until its
         session closes: a new session, or the upgrade of a polling one. The ASGI path
-        and ``liveloop serve``'s own transport (:mod:`.fastws`) both come here."""
+        and ``liveloop serve``'s own transport (:mod:`.wstransport`) both come here."""
         params = query(scope)
         if (not self.origins.allows(scope) or params.get("EIO") != "4"
                 or params.get("transport") != "websocket"):

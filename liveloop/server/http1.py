@@ -5,7 +5,7 @@ that a request for another worker's session is passed to that worker
 (:mod:`.routing`). hypercorn keeps a connection for its whole life once it has it, so
 here the front door keeps the connection itself: :class:`RoutedConnection` reads a
 head (h11), routes it, serves it through the ASGI app (Engine.IO polling, REST) or as
-an Engine.IO WebSocket (:mod:`.fastws`), and reads the next head on the same
+an Engine.IO WebSocket (:mod:`.wstransport`), and reads the next head on the same
 connection. With one worker, hypercorn serves HTTP as before.
 
 What it serves: HTTP/1.1 and 1.0 requests with a ``Content-Length`` or chunked body,

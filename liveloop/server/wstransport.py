@@ -1,16 +1,10 @@
-"""``liveloop serve``'s own listener: Engine.IO WebSockets served directly, the rest by
-hypercorn.
+"""``liveloop serve``'s WebSocket transport: an Engine.IO WebSocket framed by
+:mod:`liveloop.wire.websocket` straight on the socket that the front door
+(:mod:`.frontdoor`) took the upgrade request from.
 
-Each connection's first request head is read here (with h11, at most
-``_MAX_HEAD`` bytes). A valid WebSocket upgrade for an Engine.IO path is completed here
-and the socket is served by :meth:`EngineServer.serve_websocket` through
-:class:`FastWebSocket`, which frames with :mod:`liveloop.wire.websocket` straight on the
-socket: one read system call for whatever frames have arrived, and one write for every
-packet the session had queued, made by the session's own task without waiting (no
-writer task, no per-frame queue or timer). Any other connection (polling, REST, a
-WebSocket elsewhere, anything malformed) goes to hypercorn's own connection handler,
-which first reads back the bytes taken here; it serves them through the ASGI app as
-``hypercorn -k trio`` would.
+One read system call for whatever frames have arrived, and one write for every packet
+the session had queued, made by the session's own task without waiting (no writer task,
+no per-frame queue or timer).
 
 Why not hypercorn for these too: its WebSocket path enters a timeout scope per read and
 writes one frame per system call through two task hops; it was half of the server's CPU
@@ -24,212 +18,17 @@ no deadline.
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from os import read as _read
 from os import write as _write
-from typing import Any
-from urllib.parse import unquote
 
 import h11
 import trio
-from hypercorn.config import Config
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.statsd import StatsdLogger
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ConnectionState
-from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..wire import websocket as wsframe
-from .asgi import Scope
-from .engine import EngineServer
-from .http1 import RoutedConnection
-from .routing import Handoff, Worker
 from .session import FLUSH_GRACE, OutFrame, take_all
 
-log = logging.getLogger(__name__)
-
-_MAX_HEAD = 16 * 1024
-_KEPT_HEADERS = frozenset((b"origin", b"host"))
 _RECEIVE_SIZE = 65536
-
-_Engines = dict[str, EngineServer]
-
-
-async def serve(app: Any, engines: _Engines, config: Config, *,
-                worker: Worker | None = None,
-                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
-    (path without trailing slash -> server) here, the rest by hypercorn with ``app``.
-
-    As one of several workers (``worker``), listen on the worker's own socket instead,
-    route every request to the worker that owns its session, and serve HTTP here too
-    (:mod:`.http1`, :mod:`.routing`).
-
-    Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
-    hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
-    """
-    if config.ssl_enabled:
-        raise ValueError("liveloop serve does not terminate TLS")
-    config.set_statsd_logger_class(StatsdLogger)
-    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
-    lifespan_state: dict[str, Any] = {}
-    lifespan = Lifespan(wrapped, config, lifespan_state)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lifespan.handle_lifespan)
-        await lifespan.wait_for_startup()
-        listeners: list[trio.SocketListener] = []
-        binds: list[str] = []
-        sockets = [worker.listener] if worker else config.create_sockets().insecure_sockets
-        for sock in sockets:
-            sock.listen(config.backlog)
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
-        if worker is not None:
-            server.route(app, worker.handoff)
-            nursery.start_soon(server.serve_handoffs, worker.handoff)
-        task_status.started(binds)
-        await trio.serve_listeners(server.handle, listeners)
-
-
-class Server:
-    """Handles each accepted connection: see the module docstring."""
-
-    def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState) -> None:
-        self._engines = engines
-        self._app = app
-        self._config = config
-        self._context = WorkerContext(None)
-        self._state = state
-        self._routed: RoutedConnection | None = None
-
-    def route(self, app: Any, handoff: Handoff) -> None:
-        """Serve as one of several workers: every request head is read here and routed
-        (:class:`~liveloop.server.http1.RoutedConnection`)."""
-        self._routed = RoutedConnection(app, frozenset(self._engines), handoff,
-                                        self._config.keep_alive_timeout, self._websocket)
-
-    async def serve_handoffs(self, handoff: Handoff) -> None:
-        """Serve the connections other workers pass here, each in its own task."""
-        async with trio.open_nursery() as nursery:
-            while (passed := await handoff.receive()) is not None:
-                sock, data = passed
-                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-                nursery.start_soon(self.handle, stream, data)
-
-    async def handle(self, stream: trio.abc.HalfCloseableStream, data: bytes = b"") -> None:
-        """Serve one connection (``data``: bytes already read from it, when another
-        worker passed it here); whatever goes wrong with it ends it alone."""
-        try:
-            if self._routed is not None and isinstance(stream, trio.SocketStream):
-                await self._routed.serve(stream, data)
-            else:
-                await self._serve(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer went away
-        except Exception:
-            log.exception("connection failed")
-        finally:
-            await stream.aclose()
-
-    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
-        http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
-        received = bytearray()
-        event: object = h11.NEED_DATA
-        with trio.move_on_after(self._config.keep_alive_timeout) as waiting:
-            while event is h11.NEED_DATA:
-                data = await stream.receive_some(_RECEIVE_SIZE)
-                if not data:
-                    return  # closed before a whole head
-                received += data
-                http.receive_data(bytes(data))
-                try:
-                    event = http.next_event()
-                except h11.RemoteProtocolError:
-                    break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
-        if waiting.cancelled_caught:
-            return  # as hypercorn's keep-alive timeout closes a silent connection
-        websocket = (self._websocket(stream, http, event)
-                     if isinstance(stream, trio.SocketStream) else None)
-        if websocket is not None:
-            del http, event, received
-            await websocket()
-            return
-        server = TCPServer(self._app, self._config, self._context, self._state,
-                           _Replay(stream, bytes(received)))  # type: ignore[arg-type]
-        await server.run()
-
-
-    def _websocket(self, stream: trio.SocketStream, http: h11.Connection, event: object
-                   ) -> Callable[[], Awaitable[None]] | None:
-        """If ``event`` (read by ``http``) is an Engine.IO WebSocket handshake: what
-        serves the WebSocket until it ends. It holds neither ``http`` nor ``event``:
-        the caller drops them before awaiting it, as they would be kept for the
-        connection's life otherwise."""
-        upgrade = _upgrade(http, event, self._engines)
-        if upgrade is None:
-            return None
-        engine, scope, key = upgrade
-        ws = FastWebSocket(stream, http, key, http.trailing_data[0],
-                           engine.settings.max_payload)
-
-        async def serve() -> None:
-            try:
-                await engine.serve_websocket(scope, ws)
-            finally:
-                await ws.shutdown()
-
-        return serve
-
-
-def _upgrade(http: h11.Connection, event: object, engines: _Engines
-             ) -> tuple[EngineServer, Scope, bytes] | None:
-    """For a valid WebSocket handshake (RFC 6455 4.2.1, as hypercorn checks it) to one of
-    ``engines``' paths, with nothing after the head but frames: the engine, the
-    request's scope (path, query, headers) and the key. None for anything else."""
-    if not isinstance(event, h11.Request) or event.method != b"GET":
-        return None
-    if event.http_version != b"1.1":
-        return None
-    path, _, query_string = event.target.partition(b"?")
-    try:
-        path_text = unquote(path.decode("ascii"))
-    except UnicodeDecodeError:
-        return None
-    engine = engines.get(path_text.rstrip("/"))
-    if engine is None:
-        return None
-    key: bytes | None = None
-    upgrade = version = b""
-    connection: list[bytes] = []
-    for name, value in event.headers:
-        if name == b"sec-websocket-key":
-            key = value
-        elif name == b"upgrade":
-            upgrade = value.lower()
-        elif name == b"sec-websocket-version":
-            version = value
-        elif name == b"connection":
-            connection.extend(token.strip().lower() for token in value.split(b","))
-    if key is None or upgrade != b"websocket" or version != b"13" or b"upgrade" not in connection:
-        return None
-    try:
-        if type(http.next_event()) is not h11.EndOfMessage or http.next_event() is not h11.PAUSED:
-            return None  # a body, say: hypercorn refuses it
-    except h11.RemoteProtocolError:
-        return None
-    scope: Scope = {
-        "type": "websocket",
-        "path": path_text,
-        "raw_path": path,
-        "query_string": query_string,
-        # What the engine reads (the origin check); the rest would be kept for nothing.
-        "headers": [(name, value) for name, value in event.headers if name in _KEPT_HEADERS],
-    }
-    return engine, scope, key
 
 
 class FastWebSocket:
@@ -481,34 +280,3 @@ class FastWebSocket:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
                                  trio.BusyResourceError, OSError):
             await self._stream.send_eof()
-
-
-class _Replay(trio.abc.HalfCloseableStream):
-    """A connection handed to hypercorn: reads first return the bytes already taken."""
-
-    def __init__(self, stream: trio.abc.HalfCloseableStream, head: bytes) -> None:
-        self._stream = stream
-        self._head = head
-        self.socket = getattr(stream, "socket", None)
-        """hypercorn's TCPServer asks the socket for the peer's address."""
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        head = self._head
-        if not head:
-            return await self._stream.receive_some(max_bytes)
-        size = len(head) if max_bytes is None else max_bytes
-        self._head = head[size:]
-        await trio.lowlevel.checkpoint()
-        return head[:size]
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()

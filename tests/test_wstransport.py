@@ -1,4 +1,5 @@
-"""``liveloop serve``'s own WebSocket transport (:mod:`liveloop.server.fastws`).
+"""``liveloop serve``'s own WebSocket transport (:mod:`liveloop.server.wstransport`) behind
+its front door (:mod:`liveloop.server.frontdoor`).
 
 The handshake, framing and coalescing run on Trio's in-memory streams against an echoing
 Engine.IO server; the hand-over to hypercorn (polling, REST, anything not an Engine.IO
@@ -35,8 +36,8 @@ from liveloop.app import RootApp
 from liveloop.config import Settings
 from liveloop.conformance import EchoApp
 from liveloop.serve import hypercorn_config, serve
-from liveloop.server import EngineServer, fastws
-from liveloop.server.fastws import Server
+from liveloop.server import EngineServer, wstransport
+from liveloop.server.frontdoor import Server
 from liveloop.server.session import FLUSH_GRACE, OutFrame
 
 PATH = "/engine.io/"
@@ -45,17 +46,17 @@ WS = f"{PATH}?EIO=4&transport=websocket"
 
 
 class Writes:
-    """Counts the server's writes to its sockets (``fastws._write``)."""
+    """Counts the server's writes to its sockets (``wstransport._write``)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = fastws._write
+        real = wstransport._write
 
         def counting(fd: int, data: bytes) -> int:
             self.count += 1
             return real(fd, data)
 
-        monkeypatch.setattr(fastws, "_write", counting)
+        monkeypatch.setattr(wstransport, "_write", counting)
 
 
 def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -339,9 +340,9 @@ async def test_pings_from_a_client_that_does_not_read_cost_one_pong(
     assert isinstance(pongs[0], Pong) and pongs[0].payload == b"1999"  # the last one only
 
 
-def transport(server_end: trio.SocketStream) -> fastws.FastWebSocket:
+def transport(server_end: trio.SocketStream) -> wstransport.FastWebSocket:
     """A FastWebSocket past the handshake, straight on ``server_end``."""
-    return fastws.FastWebSocket(server_end, h11.Connection(h11.SERVER), b"key", b"", 1000)
+    return wstransport.FastWebSocket(server_end, h11.Connection(h11.SERVER), b"key", b"", 1000)
 
 
 async def test_a_closing_write_nobody_reads_is_given_up_after_the_grace(
