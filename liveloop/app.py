@@ -102,7 +102,8 @@ class RootApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def rest_app(settings: Settings, status: Callable[[], dict[str, Any]]) -> ASGIApp:
+def rest_app(settings: Settings,
+             status: Callable[[], Awaitable[dict[str, Any]]]) -> ASGIApp:
     """The Quart-Trio app for the seed's REST endpoints."""
     from quart import request
     from quart_trio import QuartTrio
@@ -116,7 +117,7 @@ def rest_app(settings: Settings, status: Callable[[], dict[str, Any]]) -> ASGIAp
 
     @rest.get("/api/status")
     async def api_status() -> dict[str, Any]:
-        return status()
+        return await status()
 
     @rest.after_request
     async def cors(response: Any) -> Any:
@@ -133,7 +134,7 @@ def create_app(settings: Settings) -> RootApp:
 
     service = LiveLoop(settings)
     engine = socketio_server(settings, {"/": service.namespace})
-    return RootApp({settings.path: engine}, rest_app(settings, service.status),
+    return RootApp({settings.path: engine}, rest_app(settings, service.fetch_status),
                    (service.run,))
 
 

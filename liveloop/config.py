@@ -100,6 +100,14 @@ class Settings:
         default=50, metadata={"help": "names listed by /api/status at most"}
     )
 
+    # Several nodes sharing one queue (docs/cluster.md); empty: one process, in memory.
+    redis_url: str = attrs.field(
+        default="", metadata={"help": "redis:// URL of the shared Valkey/Redis; empty: none"}
+    )
+    node_timeout: float = attrs.field(
+        default=5.0, metadata={"help": "seconds until a silent node is declared lost"}
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build the settings from ``LIVELOOP_*`` variables; ``overrides`` win over them."""

@@ -75,6 +75,10 @@ class Matchmaker:
         """The counts as of the last message handled; safe to read from any task."""
         return self._snapshot
 
+    async def current(self) -> Snapshot:
+        """The counts now: the snapshot (this process is the whole service)."""
+        return self._snapshot
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Handle messages, in order, until cancelled. Rooms run in a nursery owned here.

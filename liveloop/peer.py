@@ -28,6 +28,7 @@ import attrs
 import trio
 
 from . import events
+from .cluster.remote import RemoteSocket
 from .config import Settings
 from .errors import (
     ERROR_EVENT,
@@ -216,7 +217,11 @@ class Peer:
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "the call has ended")
         assert self._member is not None  # set when this peer queued for the call
         deliver = relayed(payload, call.room_id, self._member)
-        call.partner.socket.post(deliver)
+        partner = call.partner.socket
+        if type(partner) is RemoteSocket:
+            await partner.send(deliver)  # one publish on the partner's node's channel
+        else:
+            partner.post(deliver)
         if isinstance(payload, NewMessage):
             # Our own copy through our mailbox: it follows this event's ack, as the
             # partner's does.

@@ -12,8 +12,8 @@ from typing import Any
 import trio
 
 from .config import Settings
-from .matchmaker import Matchmaker
 from .peer import LiveLoopNamespace
+from .shared import SharedState, shared_state
 from .status import Snapshot, status_json
 
 
@@ -22,7 +22,7 @@ class LiveLoop:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.matchmaker = Matchmaker(settings)
+        self.matchmaker: SharedState = shared_state(settings)
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
                                             self._snapshot)
 
@@ -46,5 +46,10 @@ class LiveLoop:
             task_status.started()
 
     def status(self) -> dict[str, Any]:
-        """The ``GET /api/status`` document; reads a snapshot, never waits on an actor."""
+        """The ``GET /api/status`` document from the last snapshot; never waits."""
         return status_json(self.matchmaker.snapshot)
+
+    async def fetch_status(self) -> dict[str, Any]:
+        """The ``GET /api/status`` document for the whole service (with Redis: read
+        there now; in memory: the snapshot)."""
+        return status_json(await self.matchmaker.current())

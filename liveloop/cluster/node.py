@@ -1,0 +1,376 @@
+"""The shared-state implementation on Valkey/Redis: one node's matchmaker actor.
+
+:class:`ClusterMatchmaker` takes the same messages as the in-process
+:class:`~liveloop.matchmaker.Matchmaker` and answers connections with the same
+messages, so :class:`~liveloop.peer.Peer` works unchanged whichever is running. The
+difference is where the state lives: the queue, the rooms, every queued or placed
+person's record and the cooldowns are in Redis, changed only by the Lua scripts of
+:mod:`.scripts` (each one atomic step), so any number of nodes share them.
+
+Tasks, all children of :meth:`ClusterMatchmaker.run`:
+
+- the actor itself: handles its mailbox in order, one script per message (so a
+  connection's ``Enqueue`` followed by its ``Withdraw`` ends with the person gone);
+- one task per room with a member here: waits for that member's ``Hangup`` and runs the
+  leave script for that room id;
+- the subscriber: reads this node's channel and applies what other nodes send;
+- the publisher: sends notices for people on other nodes, pipelined;
+- the heartbeat: keeps this node's liveness key fresh, declares lost the nodes whose
+  key has expired, pairs people whose cooldown has ended, and refreshes the snapshot.
+
+Relays between people on two nodes are one PUBLISH on the partner's node's channel: the
+partner's node is in the :class:`RemoteSocket` made when the room was, so no lookup.
+
+Failure policy: if Redis cannot be reached at start, :meth:`run` raises. Afterwards a
+failed command is logged and marks the node *dirty*; a node that is dirty, that finds
+its liveness gone (declared lost, or Redis restarted empty) or that has not reached
+Redis for ``node_timeout`` drops its clients (they reconnect, possibly elsewhere) and
+registers afresh, first clearing whatever it left in Redis. docs/cluster.md has the
+details and what a Redis restart loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from ..config import Settings
+from ..errors import ErrorCode
+from ..matchmaker import MAILBOX_SIZE, new_room_id
+from ..messages import (
+    Avoid,
+    Deliver,
+    Enqueue,
+    Hangup,
+    HangupReason,
+    Matched,
+    MatchmakerMessage,
+    Member,
+    Refused,
+    RoomEnded,
+    RoomMessage,
+    Withdraw,
+)
+from ..room import INBOX_SIZE
+from ..server.api import Socket
+from ..status import Snapshot
+from . import notices as wire
+from . import scripts
+from .notices import DeliverNotice, EndNotice, Notice
+from .remote import RemoteSocket
+
+log = logging.getLogger(__name__)
+
+PUBLISH_QUEUE = 4096
+"""Notices waiting for the publisher before the tasks that make them wait."""
+
+PUBLISH_BATCH = 256
+"""Notices published in one pipelined round trip, at most."""
+
+SCAN_LIMIT = 200
+"""Queued people a pairing script looks at, longest waiting first (docs/cluster.md)."""
+
+SWEEP_ROOMS = 16
+"""Pairs one sweep (people whose cooldown has ended) makes at most."""
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    import coredis.exceptions
+
+    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
+
+
+class _LocalRoom:
+    """A room with at least one member on this node: the inbox its members' Hangups go
+    to (closed when the room ends, which tells them it has)."""
+
+    __slots__ = ("receive", "room_id", "send")
+
+    def __init__(self, room_id: str) -> None:
+        self.room_id = room_id
+        self.send, self.receive = trio.open_memory_channel[RoomMessage](INBOX_SIZE)
+
+
+class ClusterMatchmaker:
+    """One node's matchmaker on shared state. Send it messages through :attr:`mailbox`;
+    start :meth:`run`. Implements :class:`~liveloop.shared.SharedState`."""
+
+    def __init__(self, settings: Settings, *, prefix: str = "ll:") -> None:
+        self._settings = settings
+        self._prefix = prefix
+        self.node_id = secrets.token_urlsafe(9)
+        self.mailbox: trio.MemorySendChannel[MatchmakerMessage]
+        self.mailbox, self._inbox = trio.open_memory_channel[MatchmakerMessage](MAILBOX_SIZE)
+        self._publish, self._to_publish = trio.open_memory_channel[Notice](PUBLISH_QUEUE)
+        self._sockets: dict[str, Socket] = {}
+        self._rooms: dict[str, _LocalRoom] = {}
+        self._snapshot = Snapshot()
+        self._nursery: trio.Nursery | None = None
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._dirty = False
+        self.drops = 0
+        """How many times this node dropped its clients (tests and diagnostics)."""
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The service's counts as of this node's last heartbeat (the queue-full hint)."""
+        return self._snapshot
+
+    @property
+    def channel(self) -> str:
+        return f"{self._prefix}node:{self.node_id}"
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect, register this node, and serve until cancelled. Raises if Redis
+        cannot be reached at start."""
+        import coredis
+
+        client = coredis.Redis.from_url(self._settings.redis_url, decode_responses=True)
+        async with client:
+            self._client = client
+            for name in ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS"):
+                self._scripts[name] = client.register_script(getattr(scripts, name))
+            await self._register()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._subscriber)
+                nursery.start_soon(self._publisher)
+                nursery.start_soon(self._heartbeat)
+                task_status.started()
+                with self._inbox:
+                    async for message in self._inbox:
+                        await self._handle(message)
+
+    async def _script(self, name: str, args: Iterable[str | int]) -> Any:
+        with trio.fail_after(self._settings.node_timeout):
+            return await self._scripts[name](keys=[self._prefix], args=[str(a) for a in args])
+
+    async def _change(self, name: str, args: Iterable[str | int]) -> Any:
+        """Run a script that changes shared state. On failure the node is dirty (what it
+        did is unknown) and None is returned."""
+        try:
+            return await self._script(name, args)
+        except _redis_errors() as error:
+            log.warning("node %s: %s failed (%r); dropping clients", self.node_id, name, error)
+            self._dirty = True
+            return None
+
+    # -- the actor ----------------------------------------------------------------------
+
+    async def _handle(self, message: MatchmakerMessage) -> None:
+        if isinstance(message, Enqueue):
+            await self._enqueue(message)
+        elif isinstance(message, Avoid):
+            await self._avoid(message.first, message.second)
+        elif isinstance(message, Withdraw):
+            if message.reason is HangupReason.DISCONNECT:
+                self._sockets.pop(message.sid, None)
+            result = await self._change("LEAVE", (message.sid, ""))
+            if result is not None:
+                await self._apply(wire.from_script(result))
+        # RoomClosed: rooms here end by themselves; nothing to forget.
+
+    async def _enqueue(self, request: Enqueue) -> None:
+        member = request.member
+        self._sockets[member.sid] = member.socket
+        result = await self._change("ENQUEUE", (
+            member.sid, self.node_id, member.name, member.image, request.ticket,
+            self._settings.max_queue, new_room_id(), SCAN_LIMIT))
+        if result is None:
+            return
+        outcome, found = result
+        if outcome == "full":
+            member.socket.post(Refused(request.ticket, ErrorCode.QUEUE_FULL,
+                                       "the queue is full, try again later"))
+        await self._apply(wire.from_script(found))
+
+    async def _avoid(self, first: str, second: str) -> None:
+        cooldown = self._settings.pair_cooldown
+        if first == second or cooldown <= 0:
+            return
+        a, b = sorted((first, second))
+        try:
+            with trio.fail_after(self._settings.node_timeout):
+                await self._client.set(f"{self._prefix}c:{a}|{b}", "1",
+                                       px=math.ceil(cooldown * 1000))
+        except _redis_errors() as error:
+            log.warning("node %s: cooldown not set (%r)", self.node_id, error)
+
+    # -- notices --------------------------------------------------------------------------
+
+    async def _apply(self, notices: Iterable[Notice]) -> None:
+        """Act on each notice: here if the person is ours, else publish it to theirs. A
+        room that ends stops taking Hangups here at once."""
+        for notice in notices:
+            if isinstance(notice, EndNotice):
+                self._close_room(notice.room_id)
+            if notice.node == self.node_id:
+                self._apply_here(notice)
+            else:
+                await self._publish.send(notice)
+
+    def _apply_here(self, notice: Notice) -> None:
+        socket = self._sockets.get(notice.sid)
+        if socket is None:
+            return  # gone from here: its Withdraw has ended (or will end) its room
+        if isinstance(notice, DeliverNotice):
+            socket.post(Deliver(notice.room_id, notice.event, notice.payload))
+        elif isinstance(notice, EndNotice):
+            socket.post(RoomEnded(notice.room_id, requeue=self._settings.requeue_partner))
+        else:
+            room = self._open_room(notice.room_id)
+            partner: Socket | None
+            if notice.partner_node == self.node_id:
+                partner = self._sockets.get(notice.partner)
+            else:
+                partner = RemoteSocket(notice.partner, notice.partner_node, self._publish)
+            if room is None or partner is None:
+                return
+            socket.post(Matched(notice.ticket, notice.room_id, room.send,
+                                partner=Member(notice.partner, notice.partner_name,
+                                               notice.partner_image, partner),
+                                initiator=notice.initiator))
+
+    def _open_room(self, room_id: str) -> _LocalRoom | None:
+        room = self._rooms.get(room_id)
+        if room is None and self._nursery is not None:
+            room = self._rooms[room_id] = _LocalRoom(room_id)
+            self._nursery.start_soon(self._run_room, room)
+        return room
+
+    def _close_room(self, room_id: str) -> None:
+        room = self._rooms.pop(room_id, None)
+        if room is not None:
+            room.receive.close()  # senders now fail at once; the room's task ends
+
+    async def _run_room(self, room: _LocalRoom) -> None:
+        """Wait for a member's Hangup, then leave the room in Redis (if it is still that
+        member's room there) and tell the partner."""
+        try:
+            message: Hangup = await room.receive.receive()
+        except (trio.ClosedResourceError, trio.EndOfChannel):
+            return
+        result = await self._change("LEAVE", (message.sender, room.room_id))
+        if result is not None:
+            await self._apply(wire.from_script(result))
+        self._close_room(room.room_id)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def _publisher(self) -> None:
+        """Publish notices for other nodes, what is waiting in one pipelined round trip.
+        A notice that cannot be published (Redis away) is lost: the node is then dirty,
+        and its clients are dropped."""
+        async with self._to_publish:
+            async for first in self._to_publish:
+                batch = [first]
+                while len(batch) < PUBLISH_BATCH:
+                    try:
+                        batch.append(self._to_publish.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                try:
+                    with trio.fail_after(self._settings.node_timeout):
+                        if len(batch) == 1:
+                            await self._client.publish(self._node_channel(first.node),
+                                                       wire.encode(first))
+                        else:
+                            async with self._client.pipeline(transaction=False) as pipe:
+                                for notice in batch:
+                                    pipe.publish(self._node_channel(notice.node),
+                                                 wire.encode(notice))
+                except _redis_errors() as error:
+                    log.warning("node %s: %d notices not published (%r)", self.node_id,
+                                len(batch), error)
+                    self._dirty = True
+
+    def _node_channel(self, node: str) -> str:
+        return f"{self._prefix}node:{node}"
+
+    async def _subscriber(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                          ) -> None:
+        """Apply what other nodes publish for people here. coredis resubscribes by itself
+        after a reconnection; what was published meanwhile is lost (docs/cluster.md)."""
+        async with self._client.pubsub(channels=[self.channel],
+                                       ignore_subscribe_messages=True) as pubsub:
+            task_status.started()
+            async for message in pubsub:
+                if message.get("type") != "message":
+                    continue
+                try:
+                    notice = wire.decode(message["data"])
+                except wire.BadNotice as error:
+                    log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
+                    continue
+                if isinstance(notice, EndNotice):
+                    self._close_room(notice.room_id)
+                self._apply_here(notice)
+
+    async def _register(self) -> None:
+        """(Re)join: clear what this node's id left in Redis, then mark it alive."""
+        result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1))
+        await self._apply(wire.from_script(result[1]))
+
+    def _liveness_ms(self) -> int:
+        # Refreshed every timeout/6, it lasts 2/3 of the timeout: another node sees it
+        # gone within timeout * (2/3 + 1/6) of the last refresh.
+        return math.ceil(self._settings.node_timeout * 2 / 3 * 1000)
+
+    async def _heartbeat(self) -> None:
+        period = self._settings.node_timeout / 6
+        last_ok = trio.current_time()
+        while True:
+            await trio.sleep(period)
+            try:
+                if self._dirty:
+                    self.drop_clients("lost track of the shared state")
+                    self._dirty = False
+                    await self._register()
+                    last_ok = trio.current_time()
+                    continue
+                alive, found = await self._script(
+                    "HEARTBEAT", (self.node_id, self._liveness_ms(), 0))
+                await self._apply(wire.from_script(found))
+                if not alive:
+                    self.drop_clients("declared lost")
+                    await self._register()
+                last_ok = trio.current_time()
+                swept = await self._script(
+                    "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
+                await self._apply(wire.from_script(swept))
+                self._snapshot = await self.current()
+            except _redis_errors() as error:
+                log.warning("node %s: heartbeat failed (%r)", self.node_id, error)
+                if trio.current_time() - last_ok >= self._settings.node_timeout:
+                    self.drop_clients("cut off from Redis")
+                    self._dirty = True
+
+    def drop_clients(self, why: str) -> None:
+        """Disconnect everyone queued or placed here: their shared state is gone or
+        unknown, and serving them would be a split brain."""
+        if self._sockets:
+            log.warning("node %s: %s; dropping %d clients", self.node_id, why,
+                        len(self._sockets))
+        self.drops += 1
+        sockets, self._sockets = self._sockets, {}
+        for room_id in list(self._rooms):
+            self._close_room(room_id)
+        for socket in sockets.values():
+            socket.disconnect()
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def current(self) -> Snapshot:
+        """The whole service's counts, read from Redis now."""
+        result = await self._script("STATUS", (self._settings.status_users,))
+        return Snapshot(queue_size=int(result[0]), queue_users=tuple(map(str, result[3:])),
+                        rooms_active=int(result[1]), rooms_total=int(result[2]))

@@ -1,0 +1,76 @@
+"""A partner on another node, as seen by a connection on this one.
+
+A room's members are fixed for its life, so the node a remote partner is on is known
+when the room is made (the match notice carries it) and kept here: relaying to that
+partner is one publish on that node's channel, with no lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import trio
+
+from ..messages import Deliver
+from ..server.api import JSON
+from .notices import DeliverNotice, Notice
+
+log = logging.getLogger(__name__)
+
+
+class RemoteSocket:
+    """A partner on another node, as a :class:`~liveloop.server.api.Socket`: what is
+    posted to it is published on its node's channel."""
+
+    __slots__ = ("_node", "_publish", "_sid")
+
+    def __init__(self, sid: str, node: str, publish: trio.MemorySendChannel[Notice]) -> None:
+        self._sid = sid
+        self._node = node
+        self._publish = publish
+
+    @property
+    def sid(self) -> str:
+        return self._sid
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    @property
+    def namespace(self) -> str:
+        return "/"
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    def _notice(self, message: Deliver) -> DeliverNotice:
+        return DeliverNotice(self._sid, self._node, message.room_id, message.event,
+                             message.payload)
+
+    async def send(self, message: Deliver) -> None:
+        """Publish a relayed event for the partner; waits while the publisher is full
+        (that slows down the sender only). Dropped once the node is stopping."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._publish.send(self._notice(message))
+
+    def post(self, message: object) -> None:
+        """As :meth:`send`, without waiting: dropped (and logged) if the publisher is
+        full, as a full mailbox would drop a local partner."""
+        if not isinstance(message, Deliver):
+            return
+        try:
+            self._publish.send_nowait(self._notice(message))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            log.warning("publisher full or closed: dropped a relay to %s", self._node)
+
+    def emit(self, event: str, *args: JSON) -> None:
+        """Never used: a partner is only posted to."""
+
+    async def call(self, event: str, *args: JSON) -> list[JSON]:
+        raise NotImplementedError("a remote partner is only posted to")
+
+    def disconnect(self) -> None:
+        """Never used: a node disconnects only its own clients."""

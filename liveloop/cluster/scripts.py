@@ -1,0 +1,210 @@
+"""The Lua scripts that change the shared state, each one atomic step on the server.
+
+Keys (all under one prefix, ``ll:`` unless a test picks another):
+
+- ``q``: sorted set of queued socket ids, scored by arrival (``seq``), FCFS order;
+- ``seq``: arrival counter; ``stats``: hash ``total`` (rooms made) and ``active``;
+- ``p:<sid>``: hash, one person queued or in a room: ``state`` (``q`` or ``r``),
+  ``node``, ``ticket``, ``name``, ``image``, and ``room`` when in one. Idle people have
+  no record;
+- ``r:<room>``: hash ``a``, ``an``, ``b``, ``bn``: the members and their nodes;
+- ``n:<node>``: set of the socket ids that node has queued or placed;
+- ``c:<sid>|<sid>`` (the two sorted): a cooldown after "Next", expiring by itself;
+- ``nodes``: set of registered node ids; ``alive:<node>``: expires unless refreshed;
+- ``wake``: earliest time (Redis's clock, ms) when a cooldown between two queued
+  people ends, so that a sweep can pair them.
+
+Every script that ends a room returns *notices*, flat arrays that the calling node
+delivers to each person's node: ``{"E", sid, node, room}`` (your room ended) and
+``{"M", sid, node, ticket, room, partner, partner_node, partner_name, partner_image,
+initiator}`` (you are matched). The scripts touch keys they compute (a person's record
+from a queued id), so they need a standalone server (or a primary with replicas), not
+Redis Cluster: docs/cluster.md says why that is enough.
+"""
+
+from __future__ import annotations
+
+_COMMON = r"""
+local P = KEYS[1]
+local function pkey(sid) return P .. 'p:' .. sid end
+local function ckey(a, b)
+  if a < b then return P .. 'c:' .. a .. '|' .. b end
+  return P .. 'c:' .. b .. '|' .. a
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(sid, node)
+  redis.call('DEL', pkey(sid))
+  redis.call('SREM', P .. 'n:' .. node, sid)
+end
+-- End ``room`` because ``leaver`` left it; both records leave it. Appends the
+-- partner's notice to ``out``. Returns false when ``leaver`` is not in that room.
+local function end_room(room, leaver, out)
+  local rkey = P .. 'r:' .. room
+  local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
+  if not m[1] then return false end
+  local me, partner, pnode
+  if m[1] == leaver then me, partner, pnode = m[2], m[3], m[4]
+  elseif m[3] == leaver then me, partner, pnode = m[4], m[1], m[2]
+  else return false end
+  redis.call('DEL', rkey)
+  redis.call('HINCRBY', P .. 'stats', 'active', -1)
+  for _, who in ipairs({{leaver, me}, {partner, pnode}}) do
+    if redis.call('HGET', pkey(who[1]), 'room') == room then forget(who[1], who[2]) end
+  end
+  table.insert(out, {'E', partner, pnode, room})
+  return true
+end
+-- Place ``first`` (waited longer) and ``second`` in ``room``; both notices to ``out``.
+local function place(room, first, f, second, s, out)
+  redis.call('HSET', P .. 'r:' .. room, 'a', first, 'an', f.node, 'b', second, 'bn', s.node)
+  redis.call('HINCRBY', P .. 'stats', 'total', 1)
+  redis.call('HINCRBY', P .. 'stats', 'active', 1)
+  redis.call('ZREM', P .. 'q', first, second)
+  for _, who in ipairs({first, second}) do
+    redis.call('HSET', pkey(who), 'state', 'r', 'room', room)
+  end
+  table.insert(out, {'M', first, f.node, f.ticket, room, second, s.node, s.name, s.image, 1})
+  table.insert(out, {'M', second, s.node, s.ticket, room, first, f.node, f.name, f.image, 0})
+end
+local function record(sid)
+  local r = redis.call('HMGET', pkey(sid), 'node', 'ticket', 'name', 'image')
+  return {node = r[1], ticket = r[2], name = r[3], image = r[4]}
+end
+-- Remember when the cooldown between ``a`` and ``b`` ends, for a later sweep.
+local function wake_when_cool(a, b)
+  local left = redis.call('PTTL', ckey(a, b))
+  if left > 0 then
+    local at = now_ms() + left
+    local wake = tonumber(redis.call('GET', P .. 'wake') or '0')
+    if wake == 0 or at < wake then redis.call('SET', P .. 'wake', at) end
+  end
+end
+"""
+
+ENQUEUE = _COMMON + r"""
+-- ARGV: sid, node, name, image, ticket, max_queue, new room id, scan limit
+-- Returns {outcome, notices}; outcome 'queued', 'already', 'paired' or 'full'.
+local sid, node = ARGV[1], ARGV[2]
+local out = {}
+local state = redis.call('HGET', pkey(sid), 'state')
+if state == 'q' then
+  redis.call('HSET', pkey(sid), 'ticket', ARGV[5], 'name', ARGV[3], 'image', ARGV[4])
+  return {'already', {}}
+end
+if state == 'r' then  -- queuing again means leaving the room (Next)
+  end_room(redis.call('HGET', pkey(sid), 'room'), sid, out)
+end
+if redis.call('ZCARD', P .. 'q') >= tonumber(ARGV[6]) then
+  return {'full', out}
+end
+local me = {node = node, ticket = ARGV[5], name = ARGV[3], image = ARGV[4]}
+redis.call('HSET', pkey(sid), 'state', 'q', 'node', node, 'ticket', ARGV[5],
+           'name', ARGV[3], 'image', ARGV[4])
+redis.call('SADD', P .. 'n:' .. node, sid)
+for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[8]) - 1)) do
+  if other ~= sid then
+    if redis.call('EXISTS', ckey(sid, other)) == 0 then
+      place(ARGV[7], other, record(other), sid, me, out)
+      return {'paired', out}
+    end
+    wake_when_cool(sid, other)
+  end
+end
+redis.call('ZADD', P .. 'q', redis.call('INCR', P .. 'seq'), sid)
+return {'queued', out}
+"""
+
+LEAVE = _COMMON + r"""
+-- ARGV: sid, room ('' for wherever sid is: the queue or a room)
+-- A named room is left only if sid is in it (Hangup); returns the notices.
+local sid, room = ARGV[1], ARGV[2]
+local out = {}
+local r = redis.call('HMGET', pkey(sid), 'state', 'room', 'node')
+if not r[1] then return out end
+if room ~= '' then
+  if r[1] == 'r' and r[2] == room then end_room(room, sid, out) end
+  return out
+end
+if r[1] == 'q' then
+  redis.call('ZREM', P .. 'q', sid)
+  forget(sid, r[3])
+else
+  end_room(r[2], sid, out)
+end
+return out
+"""
+
+SWEEP = _COMMON + r"""
+-- ARGV: scan limit, room ids to use... Pairs queued people whose cooldown has ended,
+-- first come first served; does nothing before the time ``wake`` names.
+local wake = tonumber(redis.call('GET', P .. 'wake') or '0')
+if wake == 0 or wake > now_ms() then return {} end
+redis.call('DEL', P .. 'wake')
+local out = {}
+local order = redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[1]) - 1)
+local taken = {}
+local next_room = 2
+for i, first in ipairs(order) do
+  if next_room > #ARGV then break end
+  if not taken[first] then
+    for j = i + 1, #order do
+      local second = order[j]
+      if not taken[second] then
+        if redis.call('EXISTS', ckey(first, second)) == 0 then
+          taken[first], taken[second] = true, true
+          place(ARGV[next_room], first, record(first), second, record(second), out)
+          next_room = next_room + 1
+          break
+        end
+        wake_when_cool(first, second)
+      end
+    end
+  end
+end
+return out
+"""
+
+HEARTBEAT = _COMMON + r"""
+-- ARGV: node, liveness in ms, register ('1' at start). Returns {alive, notices}:
+-- alive 0 when this node had been declared lost (it must drop its clients). Any other
+-- registered node whose liveness key is gone is declared lost here: its queued people
+-- leave the queue and its people's rooms end (their partners get notices).
+local node, ttl = ARGV[1], tonumber(ARGV[2])
+if ARGV[3] ~= '1' and redis.call('SISMEMBER', P .. 'nodes', node) == 0 then
+  return {0, {}}
+end
+redis.call('SADD', P .. 'nodes', node)
+redis.call('SET', P .. 'alive:' .. node, '1', 'PX', ttl)
+local out = {}
+for _, other in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
+  if redis.call('EXISTS', P .. 'alive:' .. other) == 0 then
+    redis.call('SREM', P .. 'nodes', other)
+    for _, sid in ipairs(redis.call('SMEMBERS', P .. 'n:' .. other)) do
+      local r = redis.call('HMGET', pkey(sid), 'state', 'room')
+      if r[1] == 'q' then
+        redis.call('ZREM', P .. 'q', sid)
+        redis.call('DEL', pkey(sid))
+      elseif r[1] == 'r' then
+        end_room(r[2], sid, out)
+      end
+    end
+    redis.call('DEL', P .. 'n:' .. other)
+  end
+end
+return {1, out}
+"""
+
+STATUS = r"""
+-- ARGV: names at most. Returns {queue size, rooms active, rooms total, names...}.
+local P = KEYS[1]
+local out = {redis.call('ZCARD', P .. 'q'),
+             tonumber(redis.call('HGET', P .. 'stats', 'active') or '0'),
+             tonumber(redis.call('HGET', P .. 'stats', 'total') or '0')}
+for _, sid in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[1]) - 1)) do
+  table.insert(out, redis.call('HGET', P .. 'p:' .. sid, 'name') or '')
+end
+return out
+"""

@@ -1,0 +1,353 @@
+"""Several Live Loop nodes on one real Redis: matching, relays, Next and stop across
+nodes, the atomicity proof under concurrency, a node SIGKILLed, and a Redis restart.
+
+Each node is its own ``liveloop serve`` process (tests/cluster.py), so these tests run
+on the real clock: every wait is on a client event or a status document under
+``trio.fail_after``; no sleep decides an outcome. Clients are Live Loop's Trio client.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from liveloop.client import open_client
+from liveloop.client.api import (
+    AnswerReceived,
+    ChatMessage,
+    IceCandidateReceived,
+    LiveLoopClient,
+    Match,
+    OfferReceived,
+    RemoteStopped,
+)
+from liveloop.client.socketio import Disconnected
+
+from .cluster import Node, RedisServer, need_redis, start_nodes
+from .conftest import http_get
+
+DEADLINE = 15
+OFFER = {"type": "offer", "sdp": "v=0\r\n"}
+ANSWER = {"type": "answer", "sdp": "v=0\r\n"}
+CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host", "sdpMid": "0",
+             "sdpMLineIndex": 0, "usernameFragment": "f00d"}
+
+
+@attrs.define
+class Cluster:
+    redis: RedisServer
+    nodes: list[Node]
+    stack: AsyncExitStack | None = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Cluster]:
+        """Clients made by :meth:`client` inside are closed at the end (by the task that
+        opened them: a test's clients belong to the test's own task)."""
+        async with AsyncExitStack() as self.stack:
+            yield self
+
+    async def client(self, node: int) -> LiveLoopClient:
+        assert self.stack is not None, "inside `async with cluster.session()` only"
+        # No deadline around it: the client's nursery outlives this call (pytest's
+        # timeout bounds a connect that hangs).
+        return await self.stack.enter_async_context(open_client(self.nodes[node].url))
+
+    async def status(self, node: int = 0) -> dict[str, Any]:
+        with trio.fail_after(DEADLINE):
+            document: dict[str, Any] = (await http_get(self.nodes[node].url,
+                                                       "/api/status")).json()
+        return document
+
+    async def status_until(self, node: int, want: Any) -> dict[str, Any]:
+        with trio.fail_after(DEADLINE):
+            while True:
+                document = await self.status(node)
+                if want(document):
+                    return document
+                await trio.sleep(0.02)  # other processes: poll, under the deadline
+
+
+@pytest.fixture
+async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
+    server = RedisServer(nursery, need_redis())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@asynccontextmanager
+async def make_cluster(nursery: trio.Nursery, redis: RedisServer, count: int = 3,
+                       **env: Any) -> AsyncIterator[Cluster]:
+    env.setdefault("rate_limits", "false")
+    nodes = await start_nodes(nursery, redis.url, count, **env)
+    try:
+        yield Cluster(redis, nodes)
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery, redis: RedisServer) -> AsyncIterator[Cluster]:
+    """Three nodes, rate limits off, default cooldown (60 s), node timeout 2 s."""
+    async with make_cluster(nursery, redis, node_timeout=2) as value:
+        yield value
+
+
+async def pair(cluster: Cluster, first: int, second: int) -> tuple[LiveLoopClient,
+                                                                    LiveLoopClient]:
+    """A client on node ``first`` queued, then one on ``second``: matched together."""
+    a = await cluster.client(first)
+    b = await cluster.client(second)
+    with trio.fail_after(DEADLINE):
+        (await a.request_room("Ann")).raise_for_error()
+        await cluster.status_until(second, lambda s: s["queue"]["size"] == 1)
+        (await b.request_room("Bob")).raise_for_error()
+        match_a = await a.next_match()
+        match_b = await b.next_match()
+    assert match_a.room_id == match_b.room_id
+    assert (match_a.remote_socket_id, match_b.remote_socket_id) == (b.sid, a.sid)
+    assert (match_a.remote_name, match_b.remote_name) == ("Bob", "Ann")
+    assert match_a.initiator and not match_b.initiator  # Ann waited longer
+    return a, b
+
+
+async def test_match_and_relay_both_ways_across_nodes(cluster: Cluster) -> None:
+    async with cluster.session():
+        a, b = await pair(cluster, 0, 1)
+        document = await cluster.status(2)  # a third node sees the whole service
+        assert document["rooms"] == {"active": 1, "total": 1}
+        assert document["queue"] == {"size": 0, "users": []}
+        with trio.fail_after(DEADLINE):
+            (await a.send_offer(OFFER)).raise_for_error()
+            offer = await b.wait_for(OfferReceived)
+            (await b.send_answer(ANSWER)).raise_for_error()
+            answer = await a.wait_for(AnswerReceived)
+            (await a.send_ice(CANDIDATE)).raise_for_error()
+            (await b.send_ice(None)).raise_for_error()
+            assert (await b.wait_for(IceCandidateReceived)).candidate == CANDIDATE
+            assert (await a.wait_for(IceCandidateReceived)).candidate is None
+            (await b.send_message("hi")).raise_for_error()
+            got_a = await a.wait_for(ChatMessage)
+            got_b = await b.wait_for(ChatMessage)
+        assert offer.offer == OFFER and offer.remote_socket_id == a.sid
+        assert offer.remote_name == "Ann"
+        assert answer.answer == ANSWER and answer.remote_socket_id == b.sid
+        assert got_a == got_b == ChatMessage(b.sid, "hi")
+
+
+async def test_many_relays_keep_their_order_across_nodes(cluster: Cluster) -> None:
+    async with cluster.session():
+        a, b = await pair(cluster, 1, 2)
+        count = 200
+        with trio.fail_after(DEADLINE):
+            for i in range(count):
+                await a.send_ice({**CANDIDATE, "sdpMLineIndex": i}, ack=False)
+            got = [(await b.wait_for(IceCandidateReceived)).candidate for _ in range(count)]
+        assert [c["sdpMLineIndex"] for c in got if c is not None] == list(range(count))
+
+
+async def test_next_across_nodes(cluster: Cluster) -> None:
+    async with cluster.session():
+        a, b = await pair(cluster, 0, 1)
+        with trio.fail_after(DEADLINE):
+            (await a.next_partner()).raise_for_error()
+            await b.wait_for(RemoteStopped)
+            # Both queued again, and kept apart by the cooldown.
+            await cluster.status_until(2, lambda s: s["queue"]["size"] == 2)
+        c = await cluster.client(2)
+        with trio.fail_after(DEADLINE):
+            (await c.request_room("Cid")).raise_for_error()
+            match_c = await c.next_match()
+        # The longer-waiting of the two gets Cid; the other still waits, alone.
+        assert match_c.remote_socket_id in (a.sid, b.sid)
+        assert match_c.initiator is False
+        document = await cluster.status(0)
+        assert document["queue"]["size"] == 1
+        assert document["rooms"] == {"active": 1, "total": 2}
+
+
+async def test_stop_across_nodes(cluster: Cluster) -> None:
+    async with cluster.session():
+        a, b = await pair(cluster, 2, 0)
+        room = a.match.room_id if a.match else ""
+        with trio.fail_after(DEADLINE):
+            # A stop naming another room ends nothing.
+            refused = await b.sio.call("stop-call", {"roomId": "not-" + room})
+            assert refused[0]["ok"] is False
+            (await b.stop_call()).raise_for_error()
+            await a.wait_for(RemoteStopped)
+            # The partner goes back to the queue; the one who stopped stays idle.
+            document = await cluster.status_until(1, lambda s: s["queue"]["size"] == 1)
+        assert document["queue"]["users"] == ["Ann"]
+        assert document["rooms"]["active"] == 0
+        with trio.fail_after(DEADLINE):
+            refused = await a.sio.call("negotiation-call-offer", {"offer": OFFER})
+        assert refused[0]["error"]["code"] == "not-in-room"
+
+
+async def test_disconnect_across_nodes_requeues_partner(cluster: Cluster) -> None:
+    async with cluster.session():
+        a = await cluster.client(0)
+        async with open_client(cluster.nodes[1].url) as b:
+            with trio.fail_after(DEADLINE):
+                await a.request_room("Ann")
+                await cluster.status_until(1, lambda s: s["queue"]["size"] == 1)
+                await b.request_room("Bob")
+                await a.next_match()
+        with trio.fail_after(DEADLINE):
+            await a.wait_for(RemoteStopped)
+            document = await cluster.status_until(2, lambda s: s["rooms"]["active"] == 0)
+        assert document["queue"] == {"size": 1, "users": ["Ann"]}
+
+
+async def test_concurrent_requests_leave_everyone_in_at_most_one_place(
+        cluster: Cluster) -> None:
+    """The atomicity proof: 3 nodes (3 processes running the scripts at once) and 240
+    clients asking together, then Next, stop and disconnect at random, together again.
+    Afterwards Redis holds a consistent state, everyone is in at most one place, and
+    each room's two members are the two clients whose latest match-done named it."""
+    rng = random.Random(11)
+    count = 240
+    matches: dict[str, list[Match]] = {}
+    gone: set[str] = set()
+    connected = trio.Event()
+    churned = trio.Event()
+    checked = trio.Event()
+    ready = [0, 0]
+
+    async def collect(client: LiveLoopClient) -> None:
+        try:
+            async for event in client.events():
+                if isinstance(event, Match):
+                    matches[client.sid].append(event)
+        except Disconnected:
+            return
+
+    async def churn(client: LiveLoopClient) -> None:
+        await client.request_room(client.sid[:8])
+        for _ in range(3):
+            await trio.sleep(rng.random() * 0.05)  # spreads the requests; decides nothing
+            roll = rng.random()
+            if roll < 0.6:
+                await client.next_partner()
+            elif roll < 0.8:
+                await client.stop_call()
+                await client.request_room(client.sid[:8])
+        if rng.random() < 0.1:
+            gone.add(client.sid)
+            await client.disconnect()
+
+    async def person(i: int) -> None:
+        async with open_client(cluster.nodes[i % 3].url) as client, \
+                trio.open_nursery() as inner:
+            matches[client.sid] = []
+            inner.start_soon(collect, client)
+            ready[0] += 1
+            if ready[0] == count:
+                connected.set()
+            await connected.wait()
+            await churn(client)
+            ready[1] += 1
+            if ready[1] == count:
+                churned.set()
+            await checked.wait()
+            inner.cancel_scope.cancel()
+
+    async with trio.open_nursery() as people:
+        for i in range(count):
+            people.start_soon(person, i)
+        with trio.fail_after(90):
+            await churned.wait()
+            # Quiet: wait until the shared state stops changing, then check it.
+            previous = None
+            while (state := await shared_state(cluster)) != previous:
+                previous = state
+                await trio.sleep(0.5)
+        total = (await cluster.status(1))["rooms"]["total"]
+        checked.set()
+
+    queued, rooms, records = state
+    placed: dict[str, str] = {}
+    for room_id, members in rooms.items():
+        assert len(set(members)) == 2, f"room {room_id} pairs someone with themselves"
+        for sid in members:
+            assert sid not in placed, f"{sid} is in two rooms"
+            assert sid not in queued, f"{sid} is queued and in a room"
+            placed[sid] = room_id
+            assert records[sid] == ("r", room_id)
+    assert len(set(queued)) == len(queued)
+    for sid in queued:
+        assert records[sid] == ("q", "")
+    assert set(records) == set(placed) | set(queued)
+    assert not (set(records) & gone), "a disconnected client is still queued or placed"
+    for sid, room_id in placed.items():
+        assert matches[sid] and matches[sid][-1].room_id == room_id
+    # Everyone still connected is somewhere (all re-asked after their last stop)...
+    assert set(records) == set(matches) - gone
+    # ...and nobody is left waiting who could be paired: only people cooling down.
+    assert len(queued) < 40
+    assert total >= count // 2
+
+
+async def shared_state(cluster: Cluster) -> tuple[list[str], dict[str, tuple[str, str]],
+                                                   dict[str, tuple[str, str]]]:
+    """The queue (in order), the rooms and the records, read from Redis."""
+    import coredis
+
+    client = coredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    async with client:
+        queued = list(await client.zrange("ll:q", 0, -1))
+        rooms: dict[str, tuple[str, str]] = {}
+        async for key in client.scan_iter(match="ll:r:*"):
+            room = await client.hgetall(key)
+            rooms[key[5:]] = (room["a"], room["b"])
+        records: dict[str, tuple[str, str]] = {}
+        async for key in client.scan_iter(match="ll:p:*"):
+            record = await client.hgetall(key)
+            records[key[5:]] = (record["state"], record.get("room", ""))
+    return queued, rooms, records
+
+
+async def test_killed_node_partners_told_in_time(nursery: trio.Nursery,
+                                                 redis: RedisServer) -> None:
+    async with make_cluster(nursery, redis, node_timeout=2) as cluster, cluster.session():
+        a, _ = await pair(cluster, 0, 1)
+        lonely = await cluster.client(1)
+        with trio.fail_after(DEADLINE):
+            (await lonely.request_room("Lon")).raise_for_error()
+            await cluster.status_until(0, lambda s: s["queue"]["size"] == 1)
+        cluster.nodes[1].kill()
+        killed_at = trio.current_time()
+        with trio.fail_after(DEADLINE):
+            await a.wait_for(RemoteStopped)
+        told_after = trio.current_time() - killed_at
+        assert told_after < 2.0 + 0.5, f"told after {told_after:.2f} s"
+        # Ann is queued again; the killed node's queued person has left the queue.
+        document = await cluster.status_until(2, lambda s: s["queue"]["size"] == 1)
+        assert document["queue"]["users"] == ["Ann"]
+        assert document["rooms"]["active"] == 0
+
+
+async def test_redis_restart(nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Redis restarted empty: nodes reconnect by themselves; what they had placed there
+    is lost, so they drop those clients (which reconnect); new matches work."""
+    async with make_cluster(nursery, redis, node_timeout=2) as cluster, cluster.session():
+        a, b = await pair(cluster, 0, 1)
+        await redis.kill()
+        await redis.start()
+        with trio.fail_after(DEADLINE):
+            for client in (a, b):
+                with pytest.raises(Disconnected):
+                    while True:
+                        await client.receive()
+        with trio.fail_after(DEADLINE):
+            # Nodes are back on the new server: the status answers, and matching works.
+            await cluster.status_until(2, lambda s: s["rooms"]["total"] == 0)
+        await pair(cluster, 1, 0)
