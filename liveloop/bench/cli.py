@@ -39,7 +39,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench", help="load-test a running server", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=("relay", "churn", "idle"))
-    parser.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--url", required=True,
+                        help="the server, e.g. http://127.0.0.1:8000; several, comma-"
+                             "separated, are used in turn (nodes sharing Redis)")
     parser.add_argument("--clients", type=int, default=100, help="clients (default 100)")
     parser.add_argument("--rate", type=float, default=1.0,
                         help="relay: messages per second per client (default 1)")
@@ -50,6 +52,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                              " 0 runs inline, in this process)")
     parser.add_argument("--server-pid", type=int, default=None,
                         help="the server's process id: report its CPU time and RSS")
+    parser.add_argument("--also-pid", type=int, action="append", default=[],
+                        help="another process counted with the server (a second node,"
+                             " Redis); repeat as needed")
     parser.add_argument("--connect-concurrency", type=int, default=50,
                         help="handshakes in flight per worker (default 50)")
     parser.add_argument("--setup-timeout", type=float, default=120.0,
@@ -70,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         scenario=args.scenario, url=args.url, clients=args.clients, rate=args.rate,
         duration=args.duration, workers=max(0, args.workers), server_pid=args.server_pid,
+        other_pids=tuple(args.also_pid),
         connect_concurrency=args.connect_concurrency, setup_timeout=args.setup_timeout,
         grace=args.grace, churn_mode=args.churn_mode,
         progress=not args.no_progress and sys.stderr.isatty(),

@@ -35,10 +35,16 @@ class BenchError(Exception):
 # -- the server's figures ---------------------------------------------------------------
 
 
-def server_sample(pid: int | None) -> dict[str, float] | None:
-    """CPU seconds (user + system) and RSS bytes of process ``pid``, from ``/proc``."""
+def server_sample(pid: int | None, others: Sequence[int] = ()) -> dict[str, float] | None:
+    """CPU seconds (user + system) and RSS bytes of process ``pid`` (plus ``others``,
+    summed: several nodes and their Redis), from ``/proc``."""
     if pid is None:
         return None
+    if others:
+        samples = [server_sample(each) for each in (pid, *others)]
+        return {"cpu_s": sum(s["cpu_s"] for s in samples if s),
+                "rss_bytes": sum(s["rss_bytes"] for s in samples if s),
+                "time": time.monotonic()}
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
@@ -84,7 +90,7 @@ class _InlineSync:
         self.counters: list[float] = [0.0] * len(COUNTERS)
 
     async def arrive(self, phase: str) -> None:
-        self.samples[phase] = server_sample(self.config.server_pid)
+        self.samples[phase] = server_sample(self.config.server_pid, self.config.other_pids)
 
     def publish(self, counters: list[float]) -> None:
         self.counters = list(counters)
@@ -191,7 +197,7 @@ def run_processes(config: BenchConfig) -> dict[str, Any]:
     try:
         while len(outcomes) < workers:
             if next_phase < len(phases) and arrived[next_phase] == workers:
-                samples[phases[next_phase]] = server_sample(config.server_pid)
+                samples[phases[next_phase]] = server_sample(config.server_pid, config.other_pids)
                 released[next_phase].set()
                 next_phase += 1
             try:

@@ -79,6 +79,8 @@ class BenchConfig:
     duration: float = 10.0
     workers: int = 1
     server_pid: int | None = None
+    other_pids: tuple[int, ...] = ()
+    """More processes whose CPU and memory count as the server's (other nodes, Redis)."""
     connect_concurrency: int = 50
     setup_timeout: float = 120.0
     grace: float = 5.0
@@ -126,6 +128,7 @@ class Worker:
         self.all_done = trio.Event()
         self._ready = 0
         self._done = 0
+        self._opened = 0
         self.stop_at = 0.0
         """When the measured window ends, in Trio's clock."""
         self._slots = trio.Semaphore(max(1, config.connect_concurrency))
@@ -224,7 +227,11 @@ class Worker:
         await self._slots.acquire()
         released = False
         try:
-            async with open_client(self.config.url, max_events=max_events) as client:
+            # Several servers (nodes sharing Redis): clients take them in turn.
+            urls = self.config.url.split(",")
+            url = urls[(self._opened + self.index) % len(urls)]
+            self._opened += 1
+            async with open_client(url, max_events=max_events) as client:
                 self._slots.release()
                 released = True
                 self._count(0)

@@ -75,11 +75,14 @@ PUBLISH_BATCH = 256
 SCAN_LIMIT = 200
 """Queued people a pairing script looks at, longest waiting first (docs/cluster.md)."""
 
+_BATCH = 64
+"""Mailbox messages sent to Redis in one pipeline, at most."""
+
 SWEEP_ROOMS = 16
 """Pairs one sweep (people whose cooldown has ended) makes at most."""
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
+def _redis_errors() -> tuple[type[Exception], ...]:
     import coredis.exceptions
 
     return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
@@ -114,6 +117,7 @@ class ClusterMatchmaker:
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._dirty = False
+        self._subscription: trio.CancelScope | None = None
         self.drops = 0
         """How many times this node dropped its clients (tests and diagnostics)."""
 
@@ -138,7 +142,8 @@ class ClusterMatchmaker:
         async with client:
             self._client = client
             for name in ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS"):
-                self._scripts[name] = client.register_script(getattr(scripts, name))
+                text = getattr(scripts, name)
+                self._scripts[name] = client.register_script(text)
             await self._register()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -146,9 +151,7 @@ class ClusterMatchmaker:
                 nursery.start_soon(self._publisher)
                 nursery.start_soon(self._heartbeat)
                 task_status.started()
-                with self._inbox:
-                    async for message in self._inbox:
-                        await self._handle(message)
+                await self._serve_mailbox()
 
     async def _script(self, name: str, args: Iterable[str | int]) -> Any:
         with trio.fail_after(self._settings.node_timeout):
@@ -166,44 +169,63 @@ class ClusterMatchmaker:
 
     # -- the actor ----------------------------------------------------------------------
 
-    async def _handle(self, message: MatchmakerMessage) -> None:
-        if isinstance(message, Enqueue):
-            await self._enqueue(message)
-        elif isinstance(message, Avoid):
-            await self._avoid(message.first, message.second)
-        elif isinstance(message, Withdraw):
-            if message.reason is HangupReason.DISCONNECT:
+    async def _serve_mailbox(self) -> None:
+        """Handle the mailbox in order; what is waiting goes to Redis in one pipelined
+        round trip (Redis runs a pipeline's commands in order, one after another)."""
+        with self._inbox:
+            async for first in self._inbox:
+                batch = [first]
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(self._inbox.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._handle(batch)
+
+    async def _handle(self, batch: list[MatchmakerMessage]) -> None:
+        for message in batch:
+            if isinstance(message, Enqueue):
+                self._sockets[message.member.sid] = message.member.socket
+            elif isinstance(message, Withdraw) and message.reason is HangupReason.DISCONNECT:
                 self._sockets.pop(message.sid, None)
-            result = await self._change("LEAVE", (message.sid, ""))
-            if result is not None:
-                await self._apply(wire.from_script(result))
-        # RoomClosed: rooms here end by themselves; nothing to forget.
-
-    async def _enqueue(self, request: Enqueue) -> None:
-        member = request.member
-        self._sockets[member.sid] = member.socket
-        result = await self._change("ENQUEUE", (
-            member.sid, self.node_id, member.name, member.image, request.ticket,
-            self._settings.max_queue, new_room_id(), SCAN_LIMIT))
-        if result is None:
-            return
-        outcome, found = result
-        if outcome == "full":
-            member.socket.post(Refused(request.ticket, ErrorCode.QUEUE_FULL,
-                                       "the queue is full, try again later"))
-        await self._apply(wire.from_script(found))
-
-    async def _avoid(self, first: str, second: str) -> None:
-        cooldown = self._settings.pair_cooldown
-        if first == second or cooldown <= 0:
-            return
-        a, b = sorted((first, second))
         try:
             with trio.fail_after(self._settings.node_timeout):
-                await self._client.set(f"{self._prefix}c:{a}|{b}", "1",
-                                       px=math.ceil(cooldown * 1000))
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pending = [self._command(message, pipe) for message in batch]
+                results = [None if each is None else await each for each in pending]
         except _redis_errors() as error:
-            log.warning("node %s: cooldown not set (%r)", self.node_id, error)
+            log.warning("node %s: %d changes failed (%r); dropping clients", self.node_id,
+                        len(batch), error)
+            self._dirty = True
+            return
+        for message, result in zip(batch, results, strict=True):
+            if result is None:
+                continue
+            if isinstance(message, Enqueue):
+                outcome, result = result
+                if outcome == "full":
+                    message.member.socket.post(Refused(
+                        message.ticket, ErrorCode.QUEUE_FULL,
+                        "the queue is full, try again later"))
+            await self._apply(wire.from_script(result))
+
+    def _command(self, message: MatchmakerMessage, pipe: Any) -> Any:
+        """The pipelined command for ``message`` (an awaitable result), or None."""
+        if isinstance(message, Enqueue):
+            member = message.member
+            return self._scripts["ENQUEUE"](keys=[self._prefix], client=pipe, args=[
+                member.sid, self.node_id, member.name, member.image, str(message.ticket),
+                str(self._settings.max_queue), new_room_id(), str(SCAN_LIMIT)])
+        if isinstance(message, Withdraw):
+            return self._scripts["LEAVE"](keys=[self._prefix], args=[message.sid, ""],
+                                          client=pipe)
+        if isinstance(message, Avoid):
+            cooldown = self._settings.pair_cooldown
+            if message.first != message.second and cooldown > 0:
+                a, b = sorted((message.first, message.second))
+                pipe.set(f"{self._prefix}c:{a}|{b}", "1", px=math.ceil(cooldown * 1000))
+        # RoomClosed: rooms here end by themselves; nothing to forget.
+        return None
 
     # -- notices --------------------------------------------------------------------------
 
@@ -298,25 +320,56 @@ class ClusterMatchmaker:
 
     async def _subscriber(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                           ) -> None:
-        """Apply what other nodes publish for people here. coredis resubscribes by itself
-        after a reconnection; what was published meanwhile is lost (docs/cluster.md)."""
-        async with self._client.pubsub(channels=[self.channel],
-                                       ignore_subscribe_messages=True) as pubsub:
-            task_status.started()
-            async for message in pubsub:
-                if message.get("type") != "message":
-                    continue
+        """Apply what other nodes publish for people here. When the subscription is lost
+        (the heartbeat finds nobody subscribed to this node's channel, e.g. after a Redis
+        restart) it is made again; what was published meanwhile is lost, and the node
+        is then dirty (docs/cluster.md)."""
+        import anyio
+
+        ended: tuple[type[Exception], ...] = (anyio.ClosedResourceError, *_redis_errors())
+        started = False
+        while True:
+            with trio.CancelScope() as self._subscription:
                 try:
-                    notice = wire.decode(message["data"])
-                except wire.BadNotice as error:
-                    log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
-                    continue
-                if isinstance(notice, EndNotice):
-                    self._close_room(notice.room_id)
-                self._apply_here(notice)
+                    async with self._client.pubsub(channels=[self.channel],
+                                                   ignore_subscribe_messages=True) as pubsub:
+                        if not started:
+                            started = True
+                            task_status.started()
+                        async for message in pubsub:
+                            self._received(message)
+                except* ended as error:
+                    # coredis 6.9 also says this when cancelled while closing its stream.
+                    log.info("node %s: subscription ended (%r)", self.node_id, error)
+            if not started:
+                raise RuntimeError("could not subscribe to this node's channel")
+            await trio.sleep(self._settings.node_timeout / 6)  # then try again
+
+    async def _check_subscription(self) -> None:
+        """Make the subscription again if Redis says nobody listens on our channel."""
+        counts = await self._client.pubsub_numsub(self.channel)
+        if not counts.get(self.channel):
+            log.warning("node %s: not subscribed any more; subscribing again", self.node_id)
+            self._dirty = True
+            if self._subscription is not None:
+                self._subscription.cancel()
+
+    def _received(self, message: Any) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            notice = wire.decode(message["data"])
+        except wire.BadNotice as error:
+            log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
+            return
+        if isinstance(notice, EndNotice):
+            self._close_room(notice.room_id)
+        self._apply_here(notice)
 
     async def _register(self) -> None:
         """(Re)join: clear what this node's id left in Redis, then mark it alive."""
+        for name in self._scripts:  # loaded first, so that pipelines find them
+            await self._client.script_load(getattr(scripts, name))
         result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1))
         await self._apply(wire.from_script(result[1]))
 
@@ -331,6 +384,7 @@ class ClusterMatchmaker:
         while True:
             await trio.sleep(period)
             try:
+                await self._check_subscription()  # may make the node dirty
                 if self._dirty:
                     self.drop_clients("lost track of the shared state")
                     self._dirty = False
