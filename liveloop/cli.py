@@ -48,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import create_app as make_app
         else:
             from .conformance import create_conformance_app as make_app
+        if args.command == "serve" and settings.workers > 1 and not settings.redis_url:
+            print("liveloop serve: --workers above 1 needs LIVELOOP_REDIS_URL (the workers"
+                  " share the queue and rooms there); see docs/deploy.md", file=sys.stderr)
+            return 2
         if settings.workers != 1:
             from .workers import run_workers
 

@@ -1,0 +1,52 @@
+"""The end-to-end tests of :mod:`tests.test_integration_liveloop`, every one of them,
+against a deployment of ``liveloop serve --workers 2`` sharing a real Redis: the same
+clients (official npm client, default transports and WebSocket-only; python-socketio,
+WebSocket-only and polling-only), the same expectations.
+
+Only the ``live`` and ``live_unlimited`` fixtures differ: each test gets its own Redis
+server and its own two-worker Live Loop, both real processes on free loopback ports.
+Handshakes take turns over the workers (:mod:`liveloop.server.routing`), so a test's
+sockets land on both, and most pairs are made, relayed and ended across the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from .cluster import RedisServer, need_redis
+from .conftest import Variant
+from .nodeclient import NodeClient
+from .processes import liveloop_process
+from .test_integration_liveloop import *  # noqa: F403  (the tests themselves)
+from .test_integration_liveloop import Live
+
+
+async def _deployment(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
+                      **settings: Any) -> AsyncIterator[Live]:
+    redis = RedisServer(nursery, need_redis())
+    await redis.start()
+    env = {"LIVELOOP_REDIS_URL": redis.url,
+           **{f"LIVELOOP_{name.upper()}": str(value) for name, value in settings.items()}}
+    try:
+        async with liveloop_process("serve", "--workers", "2", env=env) as running:
+            yield Live(running.url, driver, variant)
+    finally:
+        await redis.stop()
+
+
+@pytest.fixture
+async def live(nursery: trio.Nursery, driver: NodeClient, variant: Variant
+               ) -> AsyncIterator[Live]:
+    async for deployed in _deployment(nursery, driver, variant):
+        yield deployed
+
+
+@pytest.fixture
+async def live_unlimited(nursery: trio.Nursery, driver: NodeClient, variant: Variant
+                         ) -> AsyncIterator[Live]:
+    async for deployed in _deployment(nursery, driver, variant, rate_limits="off"):
+        yield deployed
