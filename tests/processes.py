@@ -3,8 +3,6 @@
 - :func:`liveloop_process`: ``liveloop serve|conformance [flags]`` in a child process,
   on a free port it picks itself (``--bind 127.0.0.1:0``); its URL is read from its
   log. Stopped by SIGTERM when the test ends.
-- :func:`free_port`: a free loopback TCP port, for programs that cannot report the one
-  they bound (nginx).
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 import attrs
 import trio
 
+from .cluster import START_DEADLINE
 from .conftest import DEADLINE, http_get
 
 _LISTENING = re.compile(rb"listening on (http://[0-9.]+:[0-9]+)")
@@ -66,10 +64,10 @@ async def liveloop_process(*args: str, env: Mapping[str, str] | None = None
 
         nursery.start_soon(read_log)
         try:
-            with trio.fail_after(DEADLINE):
+            with trio.move_on_after(START_DEADLINE):
                 await found.wait()
-                assert url, f"liveloop did not start:\n{log.decode(errors='replace')}"
                 await http_get(url[0], "/")  # the workers accept: it is serving
+            assert url, f"liveloop did not start:\n{log.decode(errors='replace')}"
             running = Running(url[0], process, log)
             yield running
         finally:
@@ -81,11 +79,3 @@ async def liveloop_process(*args: str, env: Mapping[str, str] | None = None
                 process.kill()
                 await process.wait()
         assert process.returncode == 0, f"exit status {process.returncode}:\n{running.text()}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now (the kernel's choice; released at once)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
