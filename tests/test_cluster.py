@@ -9,6 +9,7 @@ on the real clock: every wait is on a client event or a status document under
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -384,3 +385,51 @@ async def nodes_registered(cluster: Cluster) -> None:
                     listening):
                 return
             await trio.sleep(0.05)  # other processes: poll, under the caller's deadline
+
+
+async def test_node_that_was_declared_lost_drops_its_clients(nursery: trio.Nursery,
+                                                             redis: RedisServer) -> None:
+    """A node stalled past the timeout (SIGSTOP) is declared lost like a dead one; when
+    it runs again it finds its liveness gone and drops its clients (no split brain)."""
+    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT) as cluster, \
+            cluster.session():
+        a, b = await pair(cluster, 0, 1)
+        node = cluster.nodes[1]
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(DEADLINE):
+                await a.wait_for(RemoteStopped)
+        finally:
+            node.process.send_signal(signal.SIGCONT)
+        with trio.fail_after(DEADLINE), pytest.raises(Disconnected):
+            while True:
+                await b.receive()
+        # Ann waits alone in the queue; the node is back in service.
+        with trio.fail_after(DEADLINE):
+            await nodes_registered(cluster)
+        document = await cluster.status(1)
+        assert document["queue"] == {"size": 1, "users": ["Ann"]}
+        assert document["rooms"]["active"] == 0
+
+
+async def test_node_cut_off_from_redis_drops_its_clients(nursery: trio.Nursery,
+                                                          redis: RedisServer) -> None:
+    """Redis stalls (SIGSTOP) past the timeout: every node, unable to reach it, drops
+    its clients; when Redis runs again the nodes serve again by themselves."""
+    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT) as cluster, \
+            cluster.session():
+        a, b = await pair(cluster, 0, 1)
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(DEADLINE):
+                for client in (a, b):
+                    with pytest.raises(Disconnected):
+                        while True:
+                            await client.receive()
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        with trio.fail_after(DEADLINE):
+            await nodes_registered(cluster)
+        await pair(cluster, 1, 0)

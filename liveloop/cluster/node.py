@@ -379,34 +379,42 @@ class ClusterMatchmaker:
         return math.ceil(self._settings.node_timeout * 2 / 3 * 1000)
 
     async def _heartbeat(self) -> None:
-        period = self._settings.node_timeout / 6
+        """Every timeout/6: refresh this node's liveness, declare lost the nodes whose
+        liveness has expired, pair people whose cooldown ended, refresh the snapshot.
+        A node that has not reached Redis for half the timeout drops its clients: its
+        liveness key (2/3 of the timeout) is then about to expire, and the others will
+        treat its people as gone."""
+        timeout = self._settings.node_timeout
         last_ok = trio.current_time()
         while True:
-            await trio.sleep(period)
+            await trio.sleep(timeout / 6)
             try:
-                await self._check_subscription()  # may make the node dirty
-                if self._dirty:
-                    self.drop_clients("lost track of the shared state")
-                    self._dirty = False
-                    await self._register()
-                    last_ok = trio.current_time()
-                    continue
-                alive, found = await self._script(
-                    "HEARTBEAT", (self.node_id, self._liveness_ms(), 0))
-                await self._apply(wire.from_script(found))
-                if not alive:
-                    self.drop_clients("declared lost")
-                    await self._register()
+                with trio.fail_after(timeout / 2):
+                    await self._beat()
                 last_ok = trio.current_time()
-                swept = await self._script(
-                    "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
-                await self._apply(wire.from_script(swept))
-                self._snapshot = await self.current()
             except _redis_errors() as error:
                 log.warning("node %s: heartbeat failed (%r)", self.node_id, error)
-                if trio.current_time() - last_ok >= self._settings.node_timeout:
+                if trio.current_time() - last_ok >= timeout / 2:
                     self.drop_clients("cut off from Redis")
                     self._dirty = True
+
+    async def _beat(self) -> None:
+        await self._check_subscription()  # may make the node dirty
+        if self._dirty:
+            self.drop_clients("lost track of the shared state")
+            self._dirty = False
+            await self._register()
+            return
+        alive, found = await self._script("HEARTBEAT",
+                                          (self.node_id, self._liveness_ms(), 0))
+        await self._apply(wire.from_script(found))
+        if not alive:
+            self.drop_clients("declared lost")
+            await self._register()
+        swept = await self._script(
+            "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
+        await self._apply(wire.from_script(swept))
+        self._snapshot = await self.current()
 
     def drop_clients(self, why: str) -> None:
         """Disconnect everyone queued or placed here: their shared state is gone or

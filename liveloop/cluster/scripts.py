@@ -168,7 +168,8 @@ return out
 """
 
 HEARTBEAT = _COMMON + r"""
--- ARGV: node, liveness in ms, register ('1' at start). Returns {alive, notices}:
+-- ARGV: node, liveness in ms, register ('1' at start and after dropping clients: what
+-- this node's id left is cleared first). Returns {alive, notices}:
 -- alive 0 when this node had been declared lost (it must drop its clients). Any other
 -- registered node whose liveness key is gone is declared lost here: its queued people
 -- leave the queue and its people's rooms end (their partners get notices).
@@ -176,22 +177,27 @@ local node, ttl = ARGV[1], tonumber(ARGV[2])
 if ARGV[3] ~= '1' and redis.call('SISMEMBER', P .. 'nodes', node) == 0 then
   return {0, {}}
 end
+local out = {}
+-- A lost node's people: queued ones leave the queue, placed ones' rooms end.
+local function reap(lost)
+  for _, sid in ipairs(redis.call('SMEMBERS', P .. 'n:' .. lost)) do
+    local r = redis.call('HMGET', pkey(sid), 'state', 'room')
+    if r[1] == 'q' then
+      redis.call('ZREM', P .. 'q', sid)
+      redis.call('DEL', pkey(sid))
+    elseif r[1] == 'r' then
+      end_room(r[2], sid, out)
+    end
+  end
+  redis.call('DEL', P .. 'n:' .. lost)
+end
+if ARGV[3] == '1' then reap(node) end  -- registering: nothing of an earlier life stays
 redis.call('SADD', P .. 'nodes', node)
 redis.call('SET', P .. 'alive:' .. node, '1', 'PX', ttl)
-local out = {}
 for _, other in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
   if redis.call('EXISTS', P .. 'alive:' .. other) == 0 then
     redis.call('SREM', P .. 'nodes', other)
-    for _, sid in ipairs(redis.call('SMEMBERS', P .. 'n:' .. other)) do
-      local r = redis.call('HMGET', pkey(sid), 'state', 'room')
-      if r[1] == 'q' then
-        redis.call('ZREM', P .. 'q', sid)
-        redis.call('DEL', pkey(sid))
-      elseif r[1] == 'r' then
-        end_room(r[2], sid, out)
-      end
-    end
-    redis.call('DEL', P .. 'n:' .. other)
+    reap(other)
   end
 end
 return {1, out}

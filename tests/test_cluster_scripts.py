@@ -1,0 +1,203 @@
+"""The Lua scripts of liveloop.cluster.scripts, one step at a time, on a real Redis.
+
+Each test calls the scripts as a node would, and checks their answers (the notices) and
+the keys they leave. Time never decides anything here: an ended cooldown is made by
+deleting its key and setting ``wake`` in the past, as the clock would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from liveloop.cluster import notices as wire
+from liveloop.cluster import scripts
+from liveloop.cluster.notices import EndNotice, MatchNotice
+
+from .cluster import RedisServer, need_redis
+
+P = "t:"
+
+
+class Scripts:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._scripts = {name: client.register_script(getattr(scripts, name))
+                         for name in ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS")}
+
+    async def run(self, name: str, *args: object) -> Any:
+        return await self._scripts[name](keys=[P], args=[str(a) for a in args])
+
+    async def enqueue(self, sid: str, node: str = "n1", ticket: int = 1,
+                      room: str | None = None, max_queue: int = 100) -> tuple[str, list[Any]]:
+        outcome, found = await self.run("ENQUEUE", sid, node, sid.upper(), "", ticket,
+                                        max_queue, room or f"room-{sid}", 200)
+        return outcome, wire.from_script(found)
+
+    async def leave(self, sid: str, room: str = "") -> list[Any]:
+        return wire.from_script(await self.run("LEAVE", sid, room))
+
+    async def cool(self, a: str, b: str) -> None:
+        first, second = sorted((a, b))
+        await self.client.set(f"{P}c:{first}|{second}", "1", px=60_000)
+
+    async def queue(self) -> list[str]:
+        return list(await self.client.zrange(f"{P}q", 0, -1))
+
+    async def record(self, sid: str) -> dict[str, str]:
+        return dict(await self.client.hgetall(f"{P}p:{sid}"))
+
+
+@pytest.fixture
+async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
+    server = RedisServer(nursery, need_redis())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def lua(redis: RedisServer) -> AsyncIterator[Scripts]:
+    import coredis
+
+    client = coredis.Redis.from_url(redis.url, decode_responses=True)
+    async with client:
+        yield Scripts(client)
+
+
+def match(sid: str, node: str, ticket: int, room: str, partner: str, partner_node: str,
+          initiator: bool) -> MatchNotice:
+    return MatchNotice(sid, node, ticket, room, partner, partner_node, partner.upper(), "",
+                       initiator)
+
+
+async def test_queue_then_pair_first_come_first_served(lua: Scripts) -> None:
+    assert await lua.enqueue("a", ticket=1) == ("queued", [])
+    assert await lua.enqueue("a", ticket=2) == ("already", [])  # idempotent
+    assert (await lua.record("a"))["ticket"] == "2"  # the newest request answers
+    assert (await lua.enqueue("b", "n2", ticket=5))[0] == "paired"
+    # b arrived second: paired with a, who waited longer and starts the call.
+    assert await lua.queue() == []
+    room = (await lua.record("a"))["room"]
+    assert await lua.record("b") == {"state": "r", "room": room, "node": "n2",
+                                     "ticket": "5", "name": "B", "image": ""}
+    assert await lua.client.hgetall(f"{P}r:{room}") == {"a": "a", "an": "n1", "b": "b",
+                                                        "bn": "n2"}
+
+
+async def test_pairing_notices_name_both_nodes(lua: Scripts) -> None:
+    await lua.enqueue("a", "n1", ticket=3)
+    outcome, found = await lua.enqueue("b", "n2", ticket=4, room="R")
+    assert outcome == "paired"
+    assert found == [match("a", "n1", 3, "R", "b", "n2", True),
+                     match("b", "n2", 4, "R", "a", "n1", False)]
+    status = await lua.run("STATUS", 10)
+    assert status == [0, 1, 1]
+
+
+async def test_cooldown_skips_to_the_next_in_line(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    await lua.cool("a", "b")
+    assert await lua.enqueue("b") == ("queued", [])  # never with a while cooling
+    outcome, found = await lua.enqueue("c", room="R")
+    assert outcome == "paired"
+    assert [(n.sid, n.partner) for n in found] == [("a", "c"), ("c", "a")]
+    assert await lua.queue() == ["b"]
+
+
+async def test_sweep_pairs_people_whose_cooldown_ended(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    await lua.cool("a", "b")
+    await lua.enqueue("b")
+    assert await lua.run("SWEEP", 200, "R1") == []  # still cooling: not due
+    # The cooldown ends (its key expires) and its time has come.
+    await lua.client.delete([f"{P}c:a|b"])
+    await lua.client.set(f"{P}wake", "1")
+    found = wire.from_script(await lua.run("SWEEP", 200, "R1"))
+    assert [(n.sid, n.room_id, n.initiator) for n in found] == [("a", "R1", True),
+                                                                ("b", "R1", False)]
+    assert await lua.queue() == []
+
+
+async def test_next_ends_the_room_and_queues_the_caller(lua: Scripts) -> None:
+    await lua.enqueue("a", "n1")
+    await lua.enqueue("b", "n2", room="R")
+    await lua.cool("a", "b")
+    outcome, found = await lua.enqueue("a", "n1", ticket=2)
+    assert (outcome, found) == ("queued", [EndNotice("b", "n2", "R")])
+    assert await lua.queue() == ["a"]
+    assert await lua.record("b") == {}  # idle until its node queues it again
+    assert not await lua.client.exists([f"{P}r:R"])
+    assert await lua.enqueue("b", "n2", ticket=2) == ("queued", [])  # cooling with a
+
+
+async def test_leave_checks_the_room_id(lua: Scripts) -> None:
+    await lua.enqueue("a", "n1")
+    await lua.enqueue("b", "n2", room="R")
+    assert await lua.leave("a", "not-R") == []  # a stop naming another room
+    assert await lua.leave("c", "R") == []  # not a member
+    assert (await lua.record("a"))["room"] == "R"
+    assert await lua.leave("a", "R") == [EndNotice("b", "n2", "R")]
+    assert await lua.leave("b", "R") == []  # both leaving at once: once only
+    assert await lua.record("a") == {} and await lua.record("b") == {}
+    assert await lua.run("STATUS", 10) == [0, 0, 1]
+
+
+async def test_withdraw_leaves_the_queue_or_the_room(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    assert await lua.leave("a") == []
+    assert await lua.queue() == [] and await lua.record("a") == {}
+    await lua.enqueue("a", "n1")
+    await lua.enqueue("b", "n2", room="R")
+    assert await lua.leave("b") == [EndNotice("a", "n1", "R")]
+    assert not await lua.client.smembers(f"{P}n:n1")
+
+
+async def test_queue_full_is_refused(lua: Scripts) -> None:
+    await lua.cool("a", "b")
+    await lua.enqueue("a", max_queue=2)
+    await lua.enqueue("b", max_queue=2)
+    assert await lua.enqueue("c", max_queue=2) == ("full", [])
+    assert await lua.record("c") == {}
+
+
+async def test_heartbeat_declares_a_silent_node_lost(lua: Scripts) -> None:
+    assert await lua.run("HEARTBEAT", "n1", 60_000, 1) == [1, []]
+    assert await lua.run("HEARTBEAT", "n2", 60_000, 1) == [1, []]
+    await lua.enqueue("q1", "n1")
+    await lua.cool("q1", "x")
+    await lua.cool("q1", "y")
+    await lua.enqueue("x", "n1")
+    await lua.enqueue("y", "n2", room="R")
+    assert await lua.queue() == ["q1"]
+    await lua.client.delete([f"{P}alive:n1"])  # n1 stops refreshing: its key expires
+    alive, found = await lua.run("HEARTBEAT", "n2", 60_000, 0)
+    assert alive == 1
+    assert wire.from_script(found) == [EndNotice("y", "n2", "R")]
+    assert await lua.queue() == []  # n1's queued person left the queue
+    assert set(await lua.client.smembers(f"{P}nodes")) == {"n2"}
+    # n1 comes back: it learns it was declared lost (and must drop its clients).
+    assert await lua.run("HEARTBEAT", "n1", 60_000, 0) == [0, []]
+
+
+async def test_registering_again_clears_what_the_node_left(lua: Scripts) -> None:
+    await lua.run("HEARTBEAT", "n1", 60_000, 1)
+    await lua.run("HEARTBEAT", "n2", 60_000, 1)
+    await lua.enqueue("x", "n1")
+    await lua.enqueue("y", "n2", room="R")
+    await lua.client.delete([f"{P}alive:n1"])
+    alive, found = await lua.run("HEARTBEAT", "n1", 60_000, 1)
+    assert alive == 1 and wire.from_script(found) == [EndNotice("y", "n2", "R")]
+
+
+def test_notices_round_trip() -> None:
+    for notice in (match("a", "n1", 7, "R", "b", "n2", True), EndNotice("a", "n1", "R"),
+                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]})):
+        assert wire.decode(wire.encode(notice)) == notice
+    with pytest.raises(wire.BadNotice):
+        wire.decode("[\"M\", 1]")
+    with pytest.raises(wire.BadNotice):
+        wire.decode("not json")
