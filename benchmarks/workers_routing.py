@@ -3,10 +3,11 @@
 
     python benchmarks/workers_routing.py [--seconds 8] [--connections 8]
 
-Runs the raw Engine.IO echo endpoint of ``liveloop conformance`` (``/engine.io/``: no
-Socket.IO, no shared state, so only HTTP and routing are measured) three ways, one
-after the other, with the same load: kept-alive connections, each driving two polling
-sessions in a loop of POST (a message) and GET (its echo), answering pings:
+Serves the raw Engine.IO echo of ``liveloop conformance`` (``/engine.io/``: no
+Socket.IO, no shared state, so only HTTP and routing are measured; the default
+heartbeat) three ways, one after the other, with the same load: kept-alive
+connections, each driving two polling sessions in a loop of POST (a message) and GET
+(its echo):
 
 - ``one``: ``--workers 1``, hypercorn serves HTTP (today's single process);
 - ``local``: ``--workers 2``, each connection carries only sessions of the worker that
@@ -23,6 +24,9 @@ made together, not absolute figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import logging
 import os
 import re
 import signal
@@ -32,6 +36,13 @@ import time
 
 import h11
 import trio
+
+from liveloop.app import RootApp
+from liveloop.config import Settings
+from liveloop.conformance import EchoApp
+from liveloop.serve import serve
+from liveloop.server import EngineServer
+from liveloop.workers import run_workers
 
 PATH = "/engine.io/?EIO=4&transport=polling"
 
@@ -57,6 +68,7 @@ class Connection:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.http = h11.Connection(h11.CLIENT)
+        self.reopened = 0
 
     async def request(self, method: str, target: str, body: bytes = b"") -> bytes:
         http = self.http
@@ -72,7 +84,14 @@ class Connection:
             elif isinstance(event, h11.Data):
                 received += event.data
             elif isinstance(event, h11.EndOfMessage):
-                http.start_next_cycle()
+                if http.our_state is h11.DONE and http.their_state is h11.DONE:
+                    http.start_next_cycle()
+                else:  # hypercorn closes after keep_alive_max_requests (1,000)
+                    peer = self.stream.socket.getpeername()
+                    await self.stream.aclose()
+                    self.stream = await trio.open_tcp_stream(*peer)
+                    self.http = h11.Connection(h11.CLIENT)
+                    self.reopened += 1
                 return bytes(received)
             elif not isinstance(event, h11.Response):
                 raise RuntimeError(f"unexpected {event!r}")
@@ -100,11 +119,11 @@ async def drive(port: int, sessions: list[Session], deadline: float, counts: lis
     """Loop over ``sessions`` on one connection: POST a message to each, then GET each
     one's echo, until ``deadline``; counts requests."""
     connection = await open_connection(port)
-    async with connection.stream:
+    try:
         while trio.current_time() < deadline:
             for session in sessions:
-                # A pong in every POST: the echo app pings every 300 ms and waits
-                # 200 ms, and a pong nobody asked for changes nothing.
+                # A pong in every POST, as pings come every 25 s: a pong nobody asked
+                # for changes nothing.
                 body = b"4hello\x1e3"
                 answer = await connection.request("POST", f"{PATH}&sid={session.sid}", body)
                 assert answer == b"ok", answer
@@ -113,6 +132,8 @@ async def drive(port: int, sessions: list[Session], deadline: float, counts: lis
                 packets = answer.split(b"\x1e")
                 assert b"4hello" in packets, answer
             counts[0] += 2 * len(sessions)
+    finally:
+        await connection.stream.aclose()
 
 
 async def run(port: int, mode: str, seconds: float, connections: int, pid: int
@@ -146,10 +167,26 @@ async def run(port: int, mode: str, seconds: float, connections: int, pid: int
     return counts[0] / elapsed, used / counts[0]
 
 
+def echo_app(settings: Settings) -> RootApp:
+    """The conformance suite's raw Engine.IO echo, with the heartbeat of ``settings``
+    (the suite's own 300 ms / 200 ms would close sessions of a loaded generator)."""
+    return RootApp({"/engine.io/": EngineServer(settings, EchoApp)}, None)
+
+
+def serve_echo(workers: int) -> None:
+    """This script's server side: the echo app on a free port, as ``liveloop serve``
+    would run it (one process, or ``--workers`` through liveloop.workers)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings(bind="127.0.0.1:0", workers=workers, allowed_origins=("*",))
+    if workers > 1:
+        sys.exit(run_workers(settings, echo_app))
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(functools.partial(serve, echo_app(settings), settings))
+
+
 def start(workers: int) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "liveloop", "conformance", "--bind", "127.0.0.1:0",
-         "--workers", str(workers)], stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, __file__, "--serve", str(workers)],
+                               stderr=subprocess.PIPE)
     assert process.stderr is not None
     for line in process.stderr:
         found = re.search(rb"listening on http://127.0.0.1:(\d+)", line)
@@ -162,7 +199,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve is not None:
+        serve_echo(args.serve)
+        return
     results: dict[str, tuple[float, float]] = {}
     for mode, workers in (("one", 1), ("local", 2), ("passed", 2)):
         process, port = start(workers)
