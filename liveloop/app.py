@@ -6,9 +6,9 @@ servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`
 
 - under ``liveloop serve`` the command's own nursery runs them beside hypercorn, so an
   actor that crashes ends the process;
-- under ``hypercorn -k trio`` the ASGI lifespan runs them, and a crash is re-raised as
-  hypercorn's ``LifespanFailureError``, which stops the worker rather than leaving a
-  server that answers but no longer matches anyone.
+- under ``hypercorn -k trio`` the ASGI lifespan runs them, and a crash is logged at
+  CRITICAL with its traceback and ends the worker process at once with status 1, rather
+  than leaving a server that answers but no longer matches anyone.
 
 Under hypercorn's default asyncio worker the lifespan startup fails with a message that
 names ``-k trio``: a Trio app cannot serve there.
@@ -17,13 +17,17 @@ names ``-k trio``: a Trio app cannot serve there.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import sniffio
 import trio
 
 from .config import Settings
+from .logs import configure_under_host
+from .metrics import Metrics, serve_metrics
 from .server import EngineServer, socketio_server
 from .server.asgi import ASGIApp, Receive, Scope, Send, respond
 from .server.cors import OriginPolicy
@@ -42,7 +46,9 @@ class RootApp:
     """Engine.IO endpoints by path, a fallback HTTP app, and the actors they need."""
 
     def __init__(self, engines: Mapping[str, EngineServer], http: ASGIApp | None,
-                 actors: tuple[Actor, ...] = ()) -> None:
+                 actors: tuple[Actor, ...] = (), metrics: Metrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else Metrics(enabled=False)
+        """What this app counts into (served by an actor if LIVELOOP_METRICS_BIND)."""
         self._engines = {path.rstrip("/"): engine for path, engine in engines.items()}
         self._http = http
         self._actors = (*actors, *(engine.run for engine in engines.values()))
@@ -94,12 +100,19 @@ class RootApp:
                 await send({"type": "lifespan.startup.complete"})
                 await receive()
                 nursery.cancel_scope.cancel()
-        except Exception as exc:
-            from hypercorn.utils import LifespanFailureError
-
-            log.critical("an actor crashed; stopping", exc_info=True)
-            raise LifespanFailureError("serving", repr(exc)) from exc
+        except Exception:
+            log.critical("Live Loop stopped: a task crashed", exc_info=True)
+            self._exit(1)
+            raise
         await send({"type": "lifespan.shutdown.complete"})
+
+    @staticmethod
+    def _exit(status: int) -> None:
+        """End the process now with ``status``, the crash being logged. Raising instead
+        would have hypercorn's worker print the exception group again, raw, on stderr,
+        and hypercorn 0.18's parent exit 0 all the same (docs/operations.md)."""
+        logging.shutdown()
+        os._exit(status)
 
 
 def rest_app(settings: Settings,
@@ -132,10 +145,14 @@ def create_app(settings: Settings) -> RootApp:
     """Live Loop itself: the service's namespace at ``settings.path``, plus REST."""
     from .service import LiveLoop
 
-    service = LiveLoop(settings)
-    engine = socketio_server(settings, {"/": service.namespace})
-    return RootApp({settings.path: engine}, rest_app(settings, service.fetch_status),
-                   (service.run,))
+    metrics = Metrics(enabled=bool(settings.metrics_bind))
+    service = LiveLoop(settings, metrics)
+    engine = socketio_server(settings, {"/": service.namespace}, metrics)
+    actors: tuple[Actor, ...] = (service.run,)
+    if settings.metrics_bind:
+        actors += (partial(serve_metrics, metrics, settings.metrics_bind),)
+    return RootApp({settings.path: engine}, rest_app(settings, service.fetch_status), actors,
+                   metrics)
 
 
 def _lazy_app() -> ASGIApp:
@@ -144,7 +161,9 @@ def _lazy_app() -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal instance
         if instance is None:
-            instance = create_app(Settings.from_env())
+            settings = Settings.from_env()
+            configure_under_host(settings)
+            instance = create_app(settings)
         await instance(scope, receive, send)
 
     return app

@@ -11,10 +11,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from . import logs
 from .config import Settings
 
 if TYPE_CHECKING:
     from .app import RootApp
+
+log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,11 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the process exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     if args.command in ("serve", "conformance"):
         settings = Settings.from_args(args)
+        logs.configure(settings)
         make_app: Callable[[Settings], RootApp]
         if args.command == "serve":
             from .app import create_app as make_app
@@ -63,7 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(partial(serve, app, settings))
         except KeyboardInterrupt:
             return 0
+        except Exception:
+            # A crash of the matchmaker (or any other task the process needs): logged
+            # once, through logging, and the process fails.
+            log.critical("Live Loop stopped: a task crashed", exc_info=True)
+            return 1
         return 0
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     handler = getattr(args, "handler", None)
     if handler is None:
         print(f"unknown command {args.command}", file=sys.stderr)

@@ -27,6 +27,10 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _upper(text: str) -> str:
+    return text.upper()
+
+
 def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -98,6 +102,23 @@ class Settings:
     )
     status_users: int = attrs.field(
         default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+
+    # Operations: metrics and logs
+    metrics_bind: str = attrs.field(
+        default="", metadata={"help": "HOST:PORT of the Prometheus metrics listener; empty: off"}
+    )
+    log_format: str = attrs.field(
+        default="text", validator=attrs.validators.in_(("text", "json")),
+        metadata={"help": "text, or json (one JSON object a line)"},
+    )
+    log_level: str = attrs.field(
+        default="INFO",
+        validator=attrs.validators.in_(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+        converter=_upper, metadata={"help": "DEBUG, INFO, WARNING, ERROR or CRITICAL"},
+    )
+    log_client_addresses: bool = attrs.field(
+        default=False, metadata={"help": "on: client IP addresses may appear in logs"}
     )
 
     # Several nodes sharing one queue (docs/cluster.md); empty: one process, in memory.

@@ -35,6 +35,7 @@ from .messages import (
     RoomMessage,
     Withdraw,
 )
+from .metrics import Metrics
 from .pairing import Admission, Lobby
 from .room import INBOX_SIZE, Room
 from .status import Snapshot
@@ -56,8 +57,11 @@ def new_room_id() -> str:
 class Matchmaker:
     """The matchmaker actor. Send it messages through :attr:`mailbox`; start :meth:`run`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
+        self._queued_at: dict[str, float] = {}
+        """When each queued person joined, for liveloop_time_to_match_seconds."""
         self.mailbox: trio.MemorySendChannel[MatchmakerMessage]
         self.mailbox, self._inbox = trio.open_memory_channel[MatchmakerMessage](MAILBOX_SIZE)
         self._lobby: Lobby[Enqueue] = Lobby(
@@ -108,7 +112,10 @@ class Matchmaker:
 
     async def _handle(self, message: MatchmakerMessage) -> None:
         if isinstance(message, Enqueue):
-            if self._lobby.enqueue(message.member.sid, message) is Admission.FULL:
+            admission = self._lobby.enqueue(message.member.sid, message)
+            if admission is Admission.QUEUED:
+                self._queued_at[message.member.sid] = trio.current_time()
+            elif admission is Admission.FULL:
                 message.member.socket.post(Refused(
                     message.ticket, ErrorCode.QUEUE_FULL,
                     "the queue is full, try again later"))
@@ -116,6 +123,7 @@ class Matchmaker:
             self._lobby.avoid(message.first, message.second, trio.current_time())
         elif isinstance(message, Withdraw):
             room_id = self._lobby.withdraw(message.sid)
+            self._queued_at.pop(message.sid, None)
             inbox = self._room_inboxes.get(room_id) if room_id is not None else None
             if inbox is not None:
                 # A room never blocks, so this wait is short. A room that has ended
@@ -128,8 +136,13 @@ class Matchmaker:
 
     def _pair(self) -> None:
         assert self._rooms is not None
-        for pairing in self._lobby.match(trio.current_time()):
+        now = trio.current_time()
+        for pairing in self._lobby.match(now):
             first, second = pairing.first.member, pairing.second.member
+            for sid in (first.sid, second.sid):
+                since = self._queued_at.pop(sid, None)
+                if since is not None:
+                    self._metrics.matched(now - since)
             send, receive = trio.open_memory_channel[RoomMessage](INBOX_SIZE)
             room = Room(pairing.room_id, first, second, self._settings, receive)
             self._room_inboxes[room.room_id] = send
@@ -146,7 +159,7 @@ class Matchmaker:
         try:
             await room.run()
         except Exception:
-            log.exception("room %s crashed; ending it", room.room_id)
+            log.exception("room crashed; ending it", extra={"room": room.room_id})
             room.abandon()
         # The room's inbox is closed by now, so nobody waits on it while we wait here.
         await self.mailbox.send(RoomClosed(room.room_id))

@@ -53,6 +53,7 @@ from .messages import (
     RoomMessage,
     Withdraw,
 )
+from .metrics import Metrics
 from .ratelimit import RateLimiter
 from .room import relayed
 from .server.api import JSON, Ack, Socket
@@ -86,13 +87,16 @@ class Peer:
 
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
-                 snapshot: Callable[[], Snapshot], clock: Callable[[], float]) -> None:
+                 snapshot: Callable[[], Snapshot], clock: Callable[[], float],
+                 metrics: Metrics) -> None:
         self._socket = socket
         self._sid = socket.sid
         self._settings = settings
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._limits = RateLimiter(settings, clock)
+        self._metrics = metrics
+        self._relayed = metrics.relayed
         self._phase = Phase.IDLE
         self._call: Call | None = None
         self._member: Member | None = None
@@ -126,6 +130,7 @@ class Peer:
             payload = events.parse(event, args[0] if args else None, self._settings)
             await self._dispatch(payload)
         except LiveLoopError as error:
+            self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
                 ack(error_ack(error))
@@ -146,9 +151,12 @@ class Peer:
             if self._phase is Phase.QUEUED and message.ticket == self._ticket:
                 self._phase = Phase.IDLE
                 error = LiveLoopError(message.code, message.message)
+                self._metrics.error(error.code, events.REQUEST_ROOM)
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
         else:
-            log.warning("peer %s: unexpected message %r", self._sid, message)
+            # The type only: a message may carry a name or a thumbnail.
+            log.warning("unexpected message", extra={
+                "sid": self._sid, "type": type(message).__name__})
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""
@@ -222,6 +230,7 @@ class Peer:
             await partner.send(deliver)  # one publish on the partner's node's channel
         else:
             partner.post(deliver)
+        self._relayed[type(payload)].inc()
         if isinstance(payload, NewMessage):
             # Our own copy through our mailbox: it follows this event's ack, as the
             # partner's does.
@@ -284,7 +293,8 @@ class Peer:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             # Only when the matchmaker has stopped: at shutdown (every peer then gets
             # here, hence no error), or when it died, which ends the process anyway.
-            log.info("peer %s: matchmaker stopped, dropped %r", self._sid, message)
+            log.info("matchmaker stopped; message dropped", extra={
+                "sid": self._sid, "type": type(message).__name__})
 
     async def _tell_room(self, call: Call, message: RoomMessage) -> bool:
         """Send to the room; False if it has ended (its RoomEnded is then on its way)."""
@@ -302,12 +312,15 @@ class LiveLoopNamespace:
     def __init__(self, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot],
-                 clock: Callable[[], float] = trio.current_time) -> None:
+                 clock: Callable[[], float] = trio.current_time,
+                 metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._clock = clock
 
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
-        return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock)
+        return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
+                    self._metrics)

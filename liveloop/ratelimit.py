@@ -12,6 +12,8 @@ import collections
 import math
 from collections.abc import Callable
 
+import attrs
+
 from .config import Settings
 from .events import NEW_MESSAGE, REQUEST_ROOM
 
@@ -65,3 +67,29 @@ class RateLimiter:
             messages.append(now)
             return None
         return None
+
+    def carry(self) -> LimiterState:
+        """What this limiter has counted, as ages (seconds before now), so that another
+        process with another clock can go on from it: the part of a connection state
+        recovery record that keeps a person's limits when they recover on another node."""
+        now = self._clock()
+        return LimiterState(
+            last_room_age=None if self._last_room is None else now - self._last_room,
+            message_ages=tuple(now - t for t in self._messages or ()))
+
+    def resume(self, state: LimiterState) -> None:
+        """Go on from ``state`` (made by :meth:`carry`, here or on another node)."""
+        now = self._clock()
+        self._last_room = None if state.last_room_age is None else now - state.last_room_age
+        if state.message_ages:
+            self._messages = collections.deque(
+                (now - age for age in state.message_ages[-self._messages_allowed:]),
+                maxlen=max(1, self._messages_allowed))
+
+
+@attrs.frozen
+class LimiterState:
+    """A rate limiter's counts, clock-free: how long ago each counted event was."""
+
+    last_room_age: float | None
+    message_ages: tuple[float, ...]

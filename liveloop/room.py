@@ -62,7 +62,8 @@ class Room:
         """Act on one message. Messages from someone who is not a member are dropped."""
         partner = self._partner_of(message.sender)
         if partner is None or self.ended:
-            log.warning("room %s: dropped %r from a non-member", self.room_id, message)
+            log.warning("message from a non-member dropped", extra={
+                "room": self.room_id, "type": type(message).__name__})
             return
         self.ended = True
         partner.socket.post(RoomEnded(self.room_id, requeue=self._requeue))

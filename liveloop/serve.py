@@ -27,6 +27,8 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [settings.bind]
     config.websocket_max_message_size = settings.max_payload
     config.accesslog = None
+    # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
     return config
 

@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from .config import Settings
+from .metrics import Metrics
 from .peer import LiveLoopNamespace
 from .shared import SharedState, shared_state
 from .status import Snapshot, status_json
@@ -20,11 +21,13 @@ from .status import Snapshot, status_json
 class LiveLoop:
     """The Live Loop domain, built from :class:`~liveloop.config.Settings`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.matchmaker: SharedState = shared_state(settings)
+        self.metrics = metrics if metrics is not None else Metrics(enabled=False)
+        self.matchmaker: SharedState = shared_state(settings, self.metrics)
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
-                                            self._snapshot)
+                                            self._snapshot, metrics=self.metrics)
+        self.metrics.watch(self._snapshot)
 
     def _snapshot(self) -> Snapshot:
         return self.matchmaker.snapshot
@@ -38,8 +41,9 @@ class LiveLoop:
                   ) -> None:
         """Run the matchmaker and its rooms until cancelled; ready once ``started``.
 
-        A matchmaker crash propagates out of here (and should end the process); a room's
-        crash does not.
+        A matchmaker crash propagates out of here: the host logs it at CRITICAL and the
+        process exits non-zero (:func:`liveloop.cli.main`, :class:`liveloop.app.RootApp`);
+        a room's crash does not.
         """
         async with trio.open_nursery() as nursery:
             await nursery.start(self.matchmaker.run)

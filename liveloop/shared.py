@@ -17,6 +17,7 @@ import trio
 
 from .config import Settings
 from .messages import MatchmakerMessage
+from .metrics import Metrics
 from .status import Snapshot
 
 
@@ -38,12 +39,12 @@ class SharedState(Protocol):
         """Serve until cancelled; ready once ``started``."""
 
 
-def shared_state(settings: Settings) -> SharedState:
+def shared_state(settings: Settings, metrics: Metrics | None = None) -> SharedState:
     """The implementation ``settings`` ask for: Redis if ``redis_url`` is set."""
     if settings.redis_url:
         from .cluster.node import ClusterMatchmaker
 
-        return ClusterMatchmaker(settings)
+        return ClusterMatchmaker(settings, metrics)
     from .matchmaker import Matchmaker
 
-    return Matchmaker(settings)
+    return Matchmaker(settings, metrics)

@@ -83,7 +83,7 @@ async def test_queue_then_pair_first_come_first_served(lua: Scripts) -> None:
     assert await lua.queue() == []
     room = (await lua.record("a"))["room"]
     assert await lua.record("b") == {"state": "r", "room": room, "node": "n2",
-                                     "ticket": "5", "name": "B", "image": ""}
+                                     "ticket": "5"}
     assert await lua.client.hgetall(f"{P}r:{room}") == {"a": "a", "an": "n1", "b": "b",
                                                         "bn": "n2"}
 

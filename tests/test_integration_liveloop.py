@@ -31,6 +31,7 @@ import trio
 from liveloop.app import create_app
 from liveloop.config import Settings
 
+from .cluster import RedisServer, need_redis
 from .conftest import DEADLINE, Sock, Variant, http_get, start_server
 from .nodeclient import NodeClient
 
@@ -62,11 +63,14 @@ class Live:
     driver: NodeClient
     variant: Variant
     socks: list[Sock] = attrs.Factory(list)
+    others: tuple[str, ...] = ()
+    """More nodes of the same service (on one Redis): clients join the nodes in turn."""
 
     async def join(self, name: str) -> Sock:
         sock = Sock(self.driver, name)
+        nodes = (self.url, *self.others)
         with trio.fail_after(DEADLINE):
-            await sock.connect(self.url, **self.variant.opts())
+            await sock.connect(nodes[len(self.socks) % len(nodes)], **self.variant.opts())
             await sock.wait("connect")
         self.socks.append(sock)
         return sock
@@ -93,23 +97,40 @@ class Live:
             check_order(sock)
 
 
+@pytest.fixture(params=["one process", "two nodes on Redis"])
+async def deployment(request: pytest.FixtureRequest, nursery: trio.Nursery) -> str:
+    """Every test runs against one process, and against two nodes sharing a real Redis
+    (in this process, each its own app) that the test's clients join in turn."""
+    if request.param == "one process":
+        return ""
+    redis = RedisServer(nursery, need_redis())
+    await redis.start()
+    request.addfinalizer(lambda: redis.process.kill() if redis.process else None)
+    return redis.url
+
+
 async def live_server(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
-                      **overrides: Any) -> Live:
-    settings = attrs.evolve(Settings(bind="127.0.0.1:0"), **overrides)
+                      redis_url: str, **overrides: Any) -> Live:
+    settings = attrs.evolve(Settings(bind="127.0.0.1:0", redis_url=redis_url), **overrides)
     url = await start_server(nursery, create_app(settings), settings)
-    return Live(url, driver, variant)
+    if not redis_url:
+        return Live(url, driver, variant)
+    other = await start_server(nursery, create_app(settings), settings)
+    return Live(url, driver, variant, others=(other,))
 
 
 @pytest.fixture
-async def live(nursery: trio.Nursery, driver: NodeClient, variant: Variant) -> Live:
+async def live(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
+               deployment: str) -> Live:
     """The server with its default settings (rate limits on, 60 s cooldown)."""
-    return await live_server(nursery, driver, variant)
+    return await live_server(nursery, driver, variant, deployment)
 
 
 @pytest.fixture
-async def live_unlimited(nursery: trio.Nursery, driver: NodeClient, variant: Variant) -> Live:
+async def live_unlimited(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
+                         deployment: str) -> Live:
     """Rate limits off, for tests that press "Next" within 5 s of their first request."""
-    return await live_server(nursery, driver, variant, rate_limits=False)
+    return await live_server(nursery, driver, variant, deployment, rate_limits=False)
 
 
 def request(name: str, image: str = "", room_id: str | None = None) -> dict[str, Any]:

@@ -85,3 +85,24 @@ def test_rate_limits_off() -> None:
     for _ in range(100):
         assert limits.check("request-room") is None
         assert limits.check("newMessage") is None
+
+
+def test_limits_carry_to_another_clock() -> None:
+    """What a recovery record keeps: the counts go on in another process, whose clock
+    reads something else entirely."""
+    here, clock = limiter()
+    assert here.check("request-room") is None
+    for _ in range(10):
+        assert here.check("newMessage") is None
+        clock.now += 1
+    state = here.carry()
+    there, other = limiter()
+    other.now = 77.0
+    there.resume(state)
+    assert there.check("request-room") is None  # 10 s have passed since: allowed again
+    assert there.check("newMessage") == 50.0  # the first of the ten left 10 s ago
+    other.now += 50
+    assert there.check("newMessage") is None
+    fresh, _ = limiter()
+    fresh.resume(limiter()[0].carry())  # nothing counted travels as nothing
+    assert fresh.check("request-room") is None

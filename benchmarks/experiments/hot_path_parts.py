@@ -20,6 +20,7 @@ from wsproto.frame_protocol import FrameProtocol
 from liveloop import events
 from liveloop.config import Settings
 from liveloop.messages import Member
+from liveloop.metrics import Metrics
 from liveloop.room import relayed
 from liveloop.wire import engineio as eio
 from liveloop.wire import socketio as sio
@@ -63,6 +64,11 @@ def main() -> None:
         measure("WebSocket frame out", lambda: ws.encode_messages([encoded])),
     ])
     print(f"{'total':24s} {total:6.2f} µs  (no I/O, no task switch)")
+    # The one metrics step of a relay (Peer._relay), with LIVELOOP_METRICS_BIND set or not.
+    for name, metrics in (("count, metrics on", Metrics(process=False)),
+                          ("count, metrics off", Metrics(enabled=False))):
+        relayed_count = metrics.relayed
+        measure(name, lambda counts=relayed_count: counts[type(event)].inc())
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from ..messages import (
     RoomMessage,
     Withdraw,
 )
+from ..metrics import Metrics
 from ..room import INBOX_SIZE
 from ..server.api import Socket
 from ..status import Snapshot
@@ -103,14 +104,17 @@ class ClusterMatchmaker:
     """One node's matchmaker on shared state. Send it messages through :attr:`mailbox`;
     start :meth:`run`. Implements :class:`~liveloop.shared.SharedState`."""
 
-    def __init__(self, settings: Settings, *, prefix: str = "ll:") -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, *,
+                 prefix: str = "ll:") -> None:
         self._settings = settings
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._prefix = prefix
         self.node_id = secrets.token_urlsafe(9)
         self.mailbox: trio.MemorySendChannel[MatchmakerMessage]
         self.mailbox, self._inbox = trio.open_memory_channel[MatchmakerMessage](MAILBOX_SIZE)
         self._publish, self._to_publish = trio.open_memory_channel[Notice](PUBLISH_QUEUE)
         self._sockets: dict[str, Socket] = {}
+        self._queued_at: dict[str, float] = {}  # for the time-to-match metric
         self._rooms: dict[str, _LocalRoom] = {}
         self._snapshot = Snapshot()
         self._nursery: trio.Nursery | None = None
@@ -183,11 +187,15 @@ class ClusterMatchmaker:
                 await self._handle(batch)
 
     async def _handle(self, batch: list[MatchmakerMessage]) -> None:
+        now = trio.current_time()
         for message in batch:
             if isinstance(message, Enqueue):
                 self._sockets[message.member.sid] = message.member.socket
-            elif isinstance(message, Withdraw) and message.reason is HangupReason.DISCONNECT:
-                self._sockets.pop(message.sid, None)
+                self._queued_at.setdefault(message.member.sid, now)
+            elif isinstance(message, Withdraw):
+                self._queued_at.pop(message.sid, None)
+                if message.reason is HangupReason.DISCONNECT:
+                    self._sockets.pop(message.sid, None)
         try:
             with trio.fail_after(self._settings.node_timeout):
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -257,6 +265,9 @@ class ClusterMatchmaker:
                 partner = RemoteSocket(notice.partner, notice.partner_node, self._publish)
             if room is None or partner is None:
                 return
+            since = self._queued_at.pop(notice.sid, None)
+            if since is not None:
+                self._metrics.matched(trio.current_time() - since)
             socket.post(Matched(notice.ticket, notice.room_id, room.send,
                                 partner=Member(notice.partner, notice.partner_name,
                                                notice.partner_image, partner),
@@ -424,6 +435,7 @@ class ClusterMatchmaker:
                         len(self._sockets))
         self.drops += 1
         sockets, self._sockets = self._sockets, {}
+        self._queued_at.clear()
         for room_id in list(self._rooms):
             self._close_room(room_id)
         for socket in sockets.values():

@@ -65,6 +65,8 @@ local function place(room, first, f, second, s, out)
   redis.call('ZREM', P .. 'q', first, second)
   for _, who in ipairs({first, second}) do
     redis.call('HSET', pkey(who), 'state', 'r', 'room', room)
+    -- Name and image served their purpose (the notices carry them): memory back.
+    redis.call('HDEL', pkey(who), 'name', 'image')
   end
   table.insert(out, {'M', first, f.node, f.ticket, room, second, s.node, s.name, s.image, 1})
   table.insert(out, {'M', second, s.node, s.ticket, room, first, f.node, f.name, f.image, 0})

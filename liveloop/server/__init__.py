@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..config import Settings
+from ..metrics import Metrics
 from .api import Ack, ConnectRefused, Namespace, Socket, SocketClosed, SocketHandler
 from .engine import EngineServer
 from .sockets import SocketIOConnection
@@ -21,6 +22,8 @@ __all__ = [
 ]
 
 
-def socketio_server(settings: Settings, namespaces: Mapping[str, Namespace]) -> EngineServer:
-    """An Engine.IO server whose sessions speak Socket.IO with these namespaces."""
-    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces))
+def socketio_server(settings: Settings, namespaces: Mapping[str, Namespace],
+                    metrics: Metrics | None = None) -> EngineServer:
+    """An Engine.IO server whose sessions speak Socket.IO with these namespaces; it
+    counts into ``metrics`` (none: counts nothing)."""
+    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces), metrics)

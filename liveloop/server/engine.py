@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 import trio
 
 from ..config import Settings
+from ..logs import clip
+from ..metrics import Metrics
 from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
@@ -60,8 +62,10 @@ _STRAGGLER_DELAY = 0.05
 class EngineServer:
     """Serves Engine.IO at one path; ``app_factory`` makes each session's app."""
 
-    def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp]) -> None:
+    def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp],
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics(enabled=False)
         self.app_factory = app_factory
         self.sessions: dict[str, EngineSession] = {}
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -99,6 +103,7 @@ class EngineServer:
         sid = new_id() if self.worker is None else tag_sid(new_id(), self.worker)
         session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
+        self.metrics.session_opened(transport)
         self._nursery.start_soon(self._run_session, session)
         return session
 
@@ -107,6 +112,10 @@ class EngineServer:
             await session.run()
         finally:
             self.sessions.pop(session.sid, None)
+            reason = session.close_reason or "transport close"
+            self.metrics.session_ended(session.transport, reason)
+            log.debug("session closed", extra={"sid": session.sid, "reason": reason,
+                                               "transport": session.transport})
 
     def _open_packet(self, sid: str, upgrades: list[str]) -> eio.Packet:
         s = self.settings
@@ -221,7 +230,10 @@ class EngineServer:
                     max_packets=self.settings.max_packets_per_payload,
                 )
                 messages, close = _client_packets(session, packets)
-            except (ProtocolError, UnicodeDecodeError):
+            except (ProtocolError, UnicodeDecodeError) as exc:
+                detail = exc.reason if isinstance(exc, ProtocolError) else "invalid UTF-8"
+                log.info("protocol error; closing", extra={
+                    "sid": session.sid, "reason": "parse error", "detail": clip(detail)})
                 session.close("parse error")
                 await self._error(send, BAD_REQUEST, cors)
                 return
@@ -296,6 +308,7 @@ class EngineServer:
                 if await ws.receive() != "5" or session.closed:
                     return False
                 session.transport = "websocket"
+                self.metrics.upgraded()
                 session.upgraded.set()
                 return True
             return False
@@ -348,7 +361,8 @@ class EngineServer:
                     continue
                 _, close = _client_packets(session, (packet,))
             except ProtocolError as exc:
-                log.info("session %s: %s", session.sid, exc.reason)
+                log.info("protocol error; closing", extra={
+                    "sid": session.sid, "reason": "parse error", "detail": clip(exc.reason)})
                 session.close("parse error")
                 return
             except SessionClosed:
@@ -446,7 +460,8 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
             await ws.close(1000)
         except Exception as exc:  # the server refuses sends once the peer left
             if not session.closed:
-                log.info("session %s: write failed: %r", session.sid, exc)
+                log.info("write failed; closing", extra={
+                    "sid": session.sid, "reason": "transport error", "detail": clip(repr(exc))})
             session.close("transport error")
 
 

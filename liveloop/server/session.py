@@ -342,7 +342,8 @@ class EngineSession:
                 await self.app.on_open(self)
                 await self._serve()
         except Exception:
-            log.exception("session %s crashed", self.sid)
+            log.exception("session crashed; closing it",
+                          extra={"sid": self.sid, "reason": "server error"})
             self.close("server error")
         finally:
             self.close(self.close_reason or "transport close")
@@ -352,7 +353,7 @@ class EngineSession:
                 try:
                     await self.app.on_close(self.close_reason or "transport close")
                 except Exception:
-                    log.exception("session %s: on_close failed", self.sid)
+                    log.exception("on_close failed", extra={"sid": self.sid})
 
     def _wake_at(self) -> float:
         return min(self._next_ping, self._pong_due, self._deadline)

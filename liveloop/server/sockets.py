@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from ..config import Settings
+from ..logs import clip
 from ..wire import socketio as sio
 from ..wire.errors import ProtocolError
 from .api import JSON, ConnectRefused, DisconnectReason, Namespace, SocketClosed, SocketHandler
@@ -196,7 +197,9 @@ class SocketIOConnection:
                 if packet is not None:
                     packets.append(packet)
         except ProtocolError as exc:
-            log.info("session %s: %s", self.session.sid, exc.reason)
+            log.info("protocol error; closing", extra={
+                "sid": self.session.sid, "reason": DisconnectReason.PARSE_ERROR,
+                "detail": clip(exc.reason)})
             self.session.close(DisconnectReason.PARSE_ERROR)
             return
         session = self.session
@@ -274,8 +277,8 @@ class SocketIOConnection:
                 scope.deadline = trio.current_time() + DISCONNECT_GRACE
             await socket.handler.on_disconnect(reason)
         if scope.cancelled_caught:
-            log.error("session %s: on_disconnect of %s did not finish in time",
-                      self.session.sid, socket.sid)
+            log.error("on_disconnect did not finish in time",
+                      extra={"sid": self.session.sid, "socket": socket.sid})
 
     async def on_post(self, message: object) -> None:
         if isinstance(message, _ForSocket):
