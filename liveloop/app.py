@@ -142,7 +142,9 @@ def rest_app(settings: Settings,
 
 
 def create_app(settings: Settings) -> RootApp:
-    """Live Loop itself: the service's namespace at ``settings.path``, plus REST."""
+    """Live Loop itself: the service's namespace at ``settings.path``, plus REST and the
+    web client at ``/app/``."""
+    from .server.static import StaticMount, web_files
     from .service import LiveLoop
 
     metrics = Metrics(enabled=bool(settings.metrics_bind))
@@ -151,8 +153,8 @@ def create_app(settings: Settings) -> RootApp:
     actors: tuple[Actor, ...] = (service.run,)
     if settings.metrics_bind:
         actors += (partial(serve_metrics, metrics, settings.metrics_bind),)
-    return RootApp({settings.path: engine}, rest_app(settings, service.fetch_status), actors,
-                   metrics)
+    http = StaticMount("/app", web_files(), rest_app(settings, service.fetch_status))
+    return RootApp({settings.path: engine}, http, actors, metrics)
 
 
 def _lazy_app() -> ASGIApp:

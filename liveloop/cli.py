@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("liveloop serve: --workers above 1 needs LIVELOOP_REDIS_URL (the workers"
                   " share the queue and rooms there); see docs/deploy.md", file=sys.stderr)
             return 2
+        if settings.workers > 1 and settings.certfile:
+            print("liveloop serve: --workers above 1 does not terminate TLS (a TLS"
+                  " connection cannot be passed between workers); put a TLS proxy in"
+                  " front, see docs/deploy.md", file=sys.stderr)
+            return 2
         if settings.workers != 1:
             from .workers import run_workers
 

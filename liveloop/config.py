@@ -45,6 +45,10 @@ class Settings:
     workers: int = attrs.field(
         default=1, metadata={"help": "worker processes for liveloop serve (docs/deploy.md)"}
     )
+    certfile: str = attrs.field(
+        default="", metadata={"help": "PEM certificate chain: serve HTTPS (with keyfile)"}
+    )
+    keyfile: str = attrs.field(default="", metadata={"help": "PEM private key for certfile"})
 
     # Engine.IO
     ping_interval: float = attrs.field(default=25.0, metadata={"help": "seconds between pings"})
@@ -102,6 +106,29 @@ class Settings:
     )
     status_users: int = attrs.field(
         default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+
+    # ICE servers handed to clients (get-ice-servers); docs/turn.md
+    stun_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple, metadata={"help": "comma-separated stun: URLs"}
+    )
+    turn_urls: tuple[str, ...] = attrs.field(
+        default=(), converter=tuple,
+        metadata={"help": "comma-separated turn:/turns: URLs (needs a TURN secret)"},
+    )
+    # repr=False: the secret never reaches a log, even when the settings are printed.
+    turn_secret: str = attrs.field(
+        default="", repr=False,
+        metadata={"help": "coturn static-auth-secret (prefer turn_secret_file)"},
+    )
+    turn_secret_file: str = attrs.field(
+        default="", metadata={"help": "file holding the TURN secret (first line)"}
+    )
+    turn_ttl: int = attrs.field(
+        default=600, metadata={"help": "seconds a TURN credential is valid"}
+    )
+    ice_servers_per_minute: int = attrs.field(
+        default=10, metadata={"help": "get-ice-servers events per client per minute"}
     )
 
     # Operations: metrics and logs

@@ -30,6 +30,7 @@ CALL_ANSWER = "negotiation-call-answer"
 SEND_ICE_CANDIDATES = "send-new-ice-candidates"
 STOP_CALL = "stop-call"
 NEW_MESSAGE = "newMessage"
+GET_ICE_SERVERS = "get-ice-servers"
 
 # Server -> client event names (offer and answer keep their names when relayed).
 MATCH_DONE = "match-done"
@@ -344,10 +345,21 @@ class NewMessage:
         return self.remote_socket
 
 
+@attrs.frozen
+class GetIceServers:
+    """``get-ice-servers``: which STUN/TURN servers to use; answered in the ack."""
+
+    @classmethod
+    def parse(cls, raw: object, settings: Settings) -> Self:
+        """Takes no payload; one that is sent anyway is ignored."""
+        return cls()
+
+
 Relayed = CallOffer | CallAnswer | SendIceCandidates | NewMessage
 """The events a room relays between its members."""
 
-Inbound = RequestRoom | CallOffer | CallAnswer | SendIceCandidates | StopCall | NewMessage
+Inbound = (RequestRoom | CallOffer | CallAnswer | SendIceCandidates | StopCall | NewMessage
+           | GetIceServers)
 
 INBOUND: Mapping[str, type[Inbound]] = {
     REQUEST_ROOM: RequestRoom,
@@ -356,6 +368,7 @@ INBOUND: Mapping[str, type[Inbound]] = {
     SEND_ICE_CANDIDATES: SendIceCandidates,
     STOP_CALL: StopCall,
     NEW_MESSAGE: NewMessage,
+    GET_ICE_SERVERS: GetIceServers,
 }
 """Every client->server event and the class that validates its payload."""
 

@@ -66,7 +66,7 @@ REFUSAL_LIMITS = (
 """Values of ``liveloop_refused_total{limit}`` created up front (so they read 0 rather
 than being absent); :meth:`Metrics.refused` also accepts others."""
 
-RATE_LIMITED_EVENTS = (events.REQUEST_ROOM, events.NEW_MESSAGE)
+RATE_LIMITED_EVENTS = (events.REQUEST_ROOM, events.NEW_MESSAGE, events.GET_ICE_SERVERS)
 """Events whose ``liveloop_rate_limited_total{event}`` exists from the start."""
 
 TIME_TO_MATCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,

@@ -38,7 +38,8 @@ from .errors import (
     error_event,
     ok_ack,
 )
-from .events import NewMessage, RequestRoom, StopCall
+from .events import GetIceServers, NewMessage, RequestRoom, StopCall
+from .ice import IceServers, new_connection_id
 from .messages import (
     Avoid,
     Deliver,
@@ -88,7 +89,7 @@ class Peer:
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, ice: IceServers | None = None) -> None:
         self._socket = socket
         self._sid = socket.sid
         self._settings = settings
@@ -103,6 +104,9 @@ class Peer:
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        self._ice = ice
+        # This connection's id in TURN usernames; made on the first get-ice-servers.
+        self._turn_id: str | None = None
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -128,7 +132,7 @@ class Peer:
                 raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
                                     f"unknown event {str(event)[:64]!r}")
             payload = events.parse(event, args[0] if args else None, self._settings)
-            await self._dispatch(payload)
+            answer = await self._dispatch(payload)
         except LiveLoopError as error:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
@@ -136,7 +140,7 @@ class Peer:
                 ack(error_ack(error))
         else:
             if ack is not None:
-                ack(ok_ack())
+                ack(ok_ack() if answer is None else {**ok_ack(), **answer})
 
     async def on_message(self, message: object) -> None:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
@@ -169,13 +173,17 @@ class Peer:
 
     # -- client events ---------------------------------------------------------------
 
-    async def _dispatch(self, payload: events.Inbound) -> None:
+    async def _dispatch(self, payload: events.Inbound) -> dict[str, object] | None:
+        """Act on one valid event; returns what its ack adds to ``ok: true``, if any."""
+        if isinstance(payload, GetIceServers):
+            return self._ice_servers()
         if isinstance(payload, RequestRoom):
             await self._request_room(payload)
         elif isinstance(payload, StopCall):
             await self._stop_call(payload)
         else:
             await self._relay(payload)
+        return None
 
     async def _request_room(self, request: RequestRoom) -> None:
         call = self._call
@@ -198,6 +206,15 @@ class Peer:
         if stale:
             raise LiveLoopError(ErrorCode.INVALID_ROOM,
                                 "roomId names no room of yours; you are queued anyway")
+
+    def _ice_servers(self) -> dict[str, object]:
+        """The ``get-ice-servers`` answer (without ``ok``), rate-limited."""
+        self._check_rate(events.GET_ICE_SERVERS)
+        if self._ice is None:
+            return {"iceServers": [], "ttl": self._settings.turn_ttl}
+        if self._turn_id is None:
+            self._turn_id = new_connection_id()
+        return self._ice.answer(self._turn_id)
 
     async def _stop_call(self, stop: StopCall) -> None:
         if self._phase is Phase.IN_ROOM:
@@ -313,14 +330,16 @@ class LiveLoopNamespace:
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot],
                  clock: Callable[[], float] = trio.current_time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 ice: IceServers | None = None) -> None:
         self._settings = settings
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._clock = clock
+        self._ice = ice
 
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
         return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
-                    self._metrics)
+                    self._metrics, self._ice)

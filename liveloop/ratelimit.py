@@ -1,5 +1,6 @@
 """Per-connection rate limits, from the seed: ``request-room`` 1 per 5 s, ``newMessage``
-10 per minute, ICE candidates (and every other event) unlimited.
+10 per minute, ICE candidates (and every other event) unlimited; and ``get-ice-servers``
+10 per minute (each answer signs a TURN credential).
 
 The limiter belongs to one connection's handler and is only used from that connection's
 task, so it needs no lock. Time comes from an injected clock (``trio.current_time`` in
@@ -15,10 +16,10 @@ from collections.abc import Callable
 import attrs
 
 from .config import Settings
-from .events import NEW_MESSAGE, REQUEST_ROOM
+from .events import GET_ICE_SERVERS, NEW_MESSAGE, REQUEST_ROOM
 
 MESSAGE_WINDOW = 60.0
-"""The sliding window of ``messages_per_minute``, in seconds."""
+"""The sliding window of ``messages_per_minute`` and ``ice_servers_per_minute``, seconds."""
 
 
 def _round_up(seconds: float) -> float:
@@ -33,11 +34,8 @@ class RateLimiter:
         self._enabled = settings.rate_limits
         self._room_every = settings.request_room_per
         self._last_room: float | None = None
-        self._messages_allowed = settings.messages_per_minute
-        # The times of the last accepted messages; at most ``messages_per_minute`` kept.
-        # Made at the first chat message: most connections never chat, and an empty
-        # deque costs about 600 bytes.
-        self._messages: collections.deque[float] | None = None
+        self._messages = _Window(settings.messages_per_minute)
+        self._ice_servers = _Window(settings.ice_servers_per_minute)
         self._clock = clock
 
     def check(self, event: str) -> float | None:
@@ -55,18 +53,11 @@ class RateLimiter:
             self._last_room = now
             return None
         if event == NEW_MESSAGE:
-            if self._messages_allowed <= 0:
-                return MESSAGE_WINDOW
-            messages = self._messages
-            if messages is None:
-                messages = self._messages = collections.deque(maxlen=self._messages_allowed)
-            if len(messages) >= self._messages_allowed:
-                wait = messages[0] + MESSAGE_WINDOW - now
-                if wait > 0:
-                    return _round_up(wait)
-            messages.append(now)
-            return None
+            return self._messages.take(now)
+        if event == GET_ICE_SERVERS:
+            return self._ice_servers.take(now)
         return None
+
 
     def carry(self) -> LimiterState:
         """What this limiter has counted, as ages (seconds before now), so that another
@@ -75,16 +66,50 @@ class RateLimiter:
         now = self._clock()
         return LimiterState(
             last_room_age=None if self._last_room is None else now - self._last_room,
-            message_ages=tuple(now - t for t in self._messages or ()))
+            message_ages=self._messages.ages(now))
 
     def resume(self, state: LimiterState) -> None:
         """Go on from ``state`` (made by :meth:`carry`, here or on another node)."""
         now = self._clock()
         self._last_room = None if state.last_room_age is None else now - state.last_room_age
-        if state.message_ages:
-            self._messages = collections.deque(
-                (now - age for age in state.message_ages[-self._messages_allowed:]),
-                maxlen=max(1, self._messages_allowed))
+        self._messages.restore(now, state.message_ages)
+
+
+class _Window:
+    """At most ``allowed`` events in any ``MESSAGE_WINDOW`` seconds."""
+
+    __slots__ = ("_allowed", "_times")
+
+    def __init__(self, allowed: int) -> None:
+        self._allowed = allowed
+        # The times of the last accepted events; at most ``allowed`` kept. Made at the
+        # first event: most connections never chat, and an empty deque costs about 600
+        # bytes.
+        self._times: collections.deque[float] | None = None
+
+    def take(self, now: float) -> float | None:
+        """Count one event at ``now``: None if allowed, else the seconds to wait."""
+        if self._allowed <= 0:
+            return MESSAGE_WINDOW
+        times = self._times
+        if times is None:
+            times = self._times = collections.deque(maxlen=self._allowed)
+        if len(times) >= self._allowed:
+            wait = times[0] + MESSAGE_WINDOW - now
+            if wait > 0:
+                return _round_up(wait)
+        times.append(now)
+        return None
+
+    def ages(self, now: float) -> tuple[float, ...]:
+        """How long before ``now`` each counted event was."""
+        return tuple(now - t for t in self._times or ())
+
+    def restore(self, now: float, ages: tuple[float, ...]) -> None:
+        """Count again the events :meth:`ages` gave, on a clock that reads ``now``."""
+        if ages and self._allowed > 0:
+            self._times = collections.deque(
+                (now - age for age in ages[-self._allowed:]), maxlen=self._allowed)
 
 
 @attrs.frozen

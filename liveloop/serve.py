@@ -30,6 +30,14 @@ def hypercorn_config(settings: Settings) -> Config:
     # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise ValueError("certfile and keyfile go together: give both or neither")
+    if settings.certfile:
+        config.certfile = settings.certfile
+        config.keyfile = settings.keyfile
+        # HTTP/1.1 only: the front door reads request heads with h11 (and browsers'
+        # WebSockets use it anyway).
+        config.alpn_protocols = ["http/1.1"]
     return config
 
 
@@ -41,7 +49,8 @@ async def serve(app: RootApp, settings: Settings, *, worker: Worker | None = Non
     worker's socket, tag sids with its index, route each request to its session's
     worker, and stop as well when the parent process is gone.
 
-    Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. If an
+    Reports the bound URLs (``http://127.0.0.1:PORT``, ``https://`` with a certificate)
+    through ``task_status``. If an
     actor crashes, the nursery cancels the listener and the exception propagates.
     """
     async with trio.open_nursery() as nursery:

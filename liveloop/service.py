@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from .config import Settings
+from .ice import IceServers
 from .metrics import Metrics
 from .peer import LiveLoopNamespace
 from .shared import SharedState, shared_state
@@ -26,7 +27,8 @@ class LiveLoop:
         self.metrics = metrics if metrics is not None else Metrics(enabled=False)
         self.matchmaker: SharedState = shared_state(settings, self.metrics)
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
-                                            self._snapshot, metrics=self.metrics)
+                                            self._snapshot, metrics=self.metrics,
+                                            ice=IceServers.from_settings(settings))
         self.metrics.watch(self._snapshot)
 
     def _snapshot(self) -> Snapshot:

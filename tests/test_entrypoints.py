@@ -80,6 +80,8 @@ async def test_hypercorn_trio_worker_serves(tmp_path: Path) -> None:
             status, body = await http_get_unix(
                 str(sock), "/socket.io/?EIO=4&transport=polling")
             assert status == 200 and body.startswith(b"0{")
+            status, body = await http_get_unix(str(sock), "/app/")  # the web client
+            assert status == 200 and b"<title>Live Loop</title>" in body
         finally:
             process.terminate()
         assert await process.wait() == 0  # SIGTERM is a clean shutdown

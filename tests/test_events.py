@@ -190,7 +190,7 @@ def test_parse_dispatches_by_event() -> None:
     assert isinstance(events.parse("stop-call", None, S), StopCall)
     assert set(events.INBOUND) == {
         "request-room", "negotiation-call-offer", "negotiation-call-answer",
-        "send-new-ice-candidates", "stop-call", "newMessage"}
+        "send-new-ice-candidates", "stop-call", "newMessage", "get-ice-servers"}
 
 
 @pytest.mark.parametrize("raw", [b"\x00", 1.5, True, ["name"], {"name": b"Ann"}])

@@ -8,6 +8,12 @@ Any other connection (polling, REST, a WebSocket elsewhere, anything malformed) 
 hypercorn's own connection handler, which first reads back the bytes taken here; it
 serves them through the ASGI app as ``hypercorn -k trio`` would.
 
+With a certificate (``config.ssl_enabled``), the front door terminates TLS itself: each
+connection's handshake happens here, then the same routing runs on the decrypted stream,
+except that a WebSocket over TLS goes to hypercorn too (the lean transport writes to the
+socket's file descriptor, beneath TLS). ALPN offers HTTP/1.1 only, which the head parser
+reads; hypercorn's ASGI scopes then say ``https``/``wss``.
+
 Under ``liveloop serve --workers N`` every request head is read here, not only the
 first: :mod:`.routing` passes a request for another worker's session to that worker,
 and :mod:`.http1` serves the rest itself, one request at a time.
@@ -20,6 +26,7 @@ listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -61,13 +68,15 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
 
     As one of several workers (``worker``), listen on the worker's own socket instead,
     route every request to the worker that owns its session, and serve HTTP here too
-    (:mod:`.http1`, :mod:`.routing`).
+    (:mod:`.http1`, :mod:`.routing`); not with TLS (a TLS connection's state cannot be
+    passed to another process).
 
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
     """
-    if config.ssl_enabled:
-        raise ValueError("liveloop serve does not terminate TLS")
+    tls = config.create_ssl_context() if config.ssl_enabled else None
+    if tls is not None and worker is not None:
+        raise ValueError("several workers do not terminate TLS: put a proxy in front")
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
@@ -77,12 +86,17 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
         await lifespan.wait_for_startup()
         listeners: list[trio.SocketListener] = []
         binds: list[str] = []
-        sockets = [worker.listener] if worker else config.create_sockets().insecure_sockets
+        if worker is not None:
+            sockets = [worker.listener]
+        else:
+            created = config.create_sockets()
+            sockets = created.secure_sockets if tls else created.insecure_sockets
         for sock in sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()))
+            scheme = "https" if tls else "http"
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()), tls)
         if worker is not None:
             server.route(app, worker.handoff)
             nursery.start_soon(server.serve_handoffs, worker.handoff)
@@ -94,8 +108,9 @@ class Server:
     """Handles each accepted connection: see the module docstring."""
 
     def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState) -> None:
+                 state: ConnectionState, tls: ssl.SSLContext | None = None) -> None:
         self._engines = engines
+        self._tls = tls
         self._app = app
         self._config = config
         self._context = WorkerContext(None)
@@ -116,14 +131,21 @@ class Server:
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                 nursery.start_soon(self.handle, stream, data)
 
-    async def handle(self, stream: trio.abc.HalfCloseableStream, data: bytes = b"") -> None:
+    async def handle(self, stream: trio.abc.Stream, data: bytes = b"") -> None:
         """Serve one connection (``data``: bytes already read from it, when another
         worker passed it here); whatever goes wrong with it ends it alone."""
         try:
             if self._routed is not None and isinstance(stream, trio.SocketStream):
                 await self._routed.serve(stream, data)
-            else:
-                await self._serve(stream)
+                return
+            if self._tls is not None:
+                stream = trio.SSLStream(stream, self._tls, server_side=True,
+                                        https_compatible=True)
+                with trio.move_on_after(self._config.ssl_handshake_timeout) as waiting:
+                    await stream.do_handshake()
+                if waiting.cancelled_caught:
+                    return
+            await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
         except Exception:
@@ -131,7 +153,7 @@ class Server:
         finally:
             await stream.aclose()
 
-    async def _serve(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         received = bytearray()
         event: object = h11.NEED_DATA
@@ -154,8 +176,10 @@ class Server:
             del http, event, received  # held for the connection's life otherwise
             await websocket()
             return
+        replay = (_TLSReplay if isinstance(stream, trio.SSLStream) else _Replay)(
+            stream, bytes(received))
         server = TCPServer(self._app, self._config, self._context, self._state,
-                           _Replay(stream, bytes(received)))  # type: ignore[arg-type]
+                           replay)  # type: ignore[arg-type]
         await server.run()
 
 
@@ -231,7 +255,7 @@ def _upgrade(http: h11.Connection, event: object, engines: _Engines
 class _Replay(trio.abc.HalfCloseableStream):
     """A connection handed to hypercorn: reads first return the bytes already taken."""
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, head: bytes) -> None:
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
         self._stream = stream
         self._head = head
         self.socket = getattr(stream, "socket", None)
@@ -253,7 +277,27 @@ class _Replay(trio.abc.HalfCloseableStream):
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+class _TLSReplay(_Replay):
+    """A TLS connection handed to hypercorn, handshake done: it answers hypercorn's
+    questions of a ``trio.SSLStream`` (so scopes say ``https``/``wss``)."""
+
+    def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
+        assert isinstance(stream, trio.SSLStream)
+        super().__init__(stream, head)
+        self._tls = stream
+        self.transport_stream = stream.transport_stream
+
+    async def do_handshake(self) -> None:
+        """Done already, by the front door."""
+        await trio.lowlevel.checkpoint()
+
+    def selected_alpn_protocol(self) -> str | None:
+        protocol: str | None = self._tls.selected_alpn_protocol()
+        return protocol
