@@ -4,7 +4,8 @@ clients (official npm client, default transports and WebSocket-only; python-sock
 WebSocket-only and polling-only), the same expectations.
 
 Only the ``live`` and ``live_unlimited`` fixtures differ: each test gets its own Redis
-server and its own two-worker Live Loop, both real processes on free loopback ports.
+server and its own two-worker Live Loop, both real processes on free loopback ports;
+and the official client also runs in polling-only mode.
 Handshakes take turns over the workers (:mod:`liveloop.server.routing`), so a test's
 sockets land on both, and most pairs are made, relayed and ended across the two.
 
@@ -27,11 +28,20 @@ import trio
 
 from . import test_integration_liveloop as suite
 from .cluster import RedisServer, need_redis
-from .conftest import Sock, Variant
+from .conftest import VARIANTS, Sock, Variant
 from .nodeclient import NodeClient
 from .processes import liveloop_process
 from .test_integration_liveloop import *  # noqa: F403  (the tests themselves)
 from .test_integration_liveloop import IMAGE, OK, Live, call, receive, request
+
+
+@pytest.fixture(params=[*VARIANTS, pytest.param(Variant("node", ("polling",)),
+                                                 id="node-polling")])
+def variant(request: pytest.FixtureRequest) -> Variant:
+    """The suite's client kinds, and the official client in polling-only mode: every
+    one of its requests must reach its session's worker."""
+    value: Variant = request.param
+    return value
 
 
 @pytest.fixture(autouse=True)

@@ -180,3 +180,22 @@ async def test_npm_polling_clients_on_one_kept_alive_agent(two_workers: Running)
             assert not [line for line in sock.log if line["type"] == "disconnect"]
             state = await driver.request("state", socket=sock.name)
             assert state["connected"] and state["transport"] == "polling"
+
+
+async def test_bad_requests_get_an_answer_and_the_workers_go_on(two_workers: Running) -> None:
+    parts = urlsplit(two_workers.url)
+    assert parts.hostname is not None and parts.port is not None
+    with trio.fail_after(DEADLINE):
+        for raw, status in ((b"NOT HTTP AT ALL\r\n\r\n", b"400"),
+                            # a head still unfinished past 16 KiB
+                            (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000, b"431")):
+            stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+            async with stream:
+                await stream.send_all(raw)
+                answer = bytearray()
+                while chunk := await stream.receive_some(65536):  # then it closes
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+        http = await connect(two_workers.url)
+        status, body = await http.request("GET", POLLING)
+        assert status == 200 and body.startswith(b"0{")
