@@ -201,3 +201,17 @@ def test_notices_round_trip() -> None:
         wire.decode("[\"M\", 1]")
     with pytest.raises(wire.BadNotice):
         wire.decode("not json")
+
+
+def test_resp_commands_and_replies() -> None:
+    from liveloop.cluster import resp
+
+    assert resp.command("PUBLISH", "ch", "é") == (
+        b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\n\xc3\xa9\r\n")
+    assert resp.address("redis://127.0.0.1:7000/0") == ("127.0.0.1", 7000, b"")
+    assert resp.address("redis://u:p%40ss@h") == ("h", 6379, resp.command("AUTH", "u", "p@ss"))
+    assert resp.address("rediss://h:1") is None
+    replies = resp.Replies()
+    assert replies.feed(b":1\r\n:0") == []
+    assert replies.feed(b"\r\n-ERR no\r\n+OK\r\n") == ["ERR no"]
+    assert replies.count == 4

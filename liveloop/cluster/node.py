@@ -61,7 +61,7 @@ from ..room import INBOX_SIZE
 from ..server.api import Socket
 from ..status import Snapshot
 from . import notices as wire
-from . import scripts
+from . import resp, scripts
 from .notices import DeliverNotice, EndNotice, Notice
 from .remote import RemoteSocket
 
@@ -122,6 +122,8 @@ class ClusterMatchmaker:
         self._scripts: dict[str, Any] = {}
         self._dirty = False
         self._subscription: trio.CancelScope | None = None
+        self._raw = resp.address(settings.redis_url)
+        self._publish_stream: trio.SocketStream | None = None
         self.drops = 0
         """How many times this node dropped its clients (tests and diagnostics)."""
 
@@ -300,9 +302,11 @@ class ClusterMatchmaker:
     # -- tasks ----------------------------------------------------------------------------
 
     async def _publisher(self) -> None:
-        """Publish notices for other nodes, what is waiting in one pipelined round trip.
-        A notice that cannot be published (Redis away) is lost: the node is then dirty,
+        """Publish notices for other nodes, what is waiting in one pipelined write. A
+        notice that cannot be published (Redis away) is lost: the node is then dirty,
         and its clients are dropped."""
+        failures: tuple[type[Exception], ...] = (
+            *_redis_errors(), trio.BrokenResourceError, trio.ClosedResourceError)
         async with self._to_publish:
             async for first in self._to_publish:
                 batch = [first]
@@ -313,18 +317,51 @@ class ClusterMatchmaker:
                         break
                 try:
                     with trio.fail_after(self._settings.node_timeout):
-                        if len(batch) == 1:
-                            await self._client.publish(self._node_channel(first.node),
-                                                       wire.encode(first))
-                        else:
-                            async with self._client.pipeline(transaction=False) as pipe:
-                                for notice in batch:
-                                    pipe.publish(self._node_channel(notice.node),
-                                                 wire.encode(notice))
-                except _redis_errors() as error:
+                        await self._publish_batch(batch)
+                except failures as error:
                     log.warning("node %s: %d notices not published (%r)", self.node_id,
                                 len(batch), error)
                     self._dirty = True
+                    await self._close_publish_stream()
+
+    async def _publish_batch(self, batch: list[Notice]) -> None:
+        if self._raw is None:  # TLS or a Unix socket: coredis publishes
+            async with self._client.pipeline(transaction=False) as pipe:
+                for notice in batch:
+                    pipe.publish(self._node_channel(notice.node), wire.encode(notice))
+            return
+        if self._publish_stream is None:
+            host, port, hello = self._raw
+            stream = await trio.open_tcp_stream(host, port)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._read_replies, stream)
+            if hello:
+                await stream.send_all(hello)
+            self._publish_stream = stream
+        await self._publish_stream.send_all(b"".join(
+            resp.command("PUBLISH", self._node_channel(notice.node), wire.encode(notice))
+            for notice in batch))
+
+    async def _read_replies(self, stream: trio.SocketStream) -> None:
+        """Read the publisher's replies: an error reply or a closed connection makes
+        the node dirty (a notice may be lost)."""
+        replies = resp.Replies()
+        try:
+            while data := await stream.receive_some(65536):
+                for error in replies.feed(data):
+                    log.warning("node %s: publish refused (%s)", self.node_id, error)
+                    self._dirty = True
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        if self._publish_stream is stream:
+            log.warning("node %s: the publishing connection closed", self.node_id)
+            self._dirty = True
+            self._publish_stream = None
+
+    async def _close_publish_stream(self) -> None:
+        stream, self._publish_stream = self._publish_stream, None
+        if stream is not None:
+            await stream.aclose()
 
     def _node_channel(self, node: str) -> str:
         return f"{self._prefix}node:{node}"
