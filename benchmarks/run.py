@@ -36,7 +36,8 @@ PYTHON = sys.executable
 SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
     "liveloop": ("Live Loop", lambda port: [
         PYTHON, "-m", "liveloop", "serve", "--bind", f"127.0.0.1:{port}",
-        "--rate-limits", "off"]),
+        "--rate-limits", "off", "--relay-budget", "0", "--handshakes-per-ip", "1000000",
+        "--max-connections-per-ip", "1000000"]),
     "psio": ("python-socketio + uvicorn", lambda port: [
         PYTHON, str(HERE / "baselines" / "psio_server.py"), "--port", str(port)]),
     "triows": ("bare trio-websocket relay", lambda port: [

@@ -29,8 +29,10 @@ from .config import Settings
 from .logs import configure_under_host
 from .metrics import Metrics, serve_metrics
 from .server import EngineServer, socketio_server
-from .server.asgi import ASGIApp, Receive, Scope, Send, respond
+from .server.api import DisconnectReason
+from .server.asgi import ASGIApp, Message, Receive, Scope, Send, respond
 from .server.cors import OriginPolicy
+from .server.session import DISCONNECT_GRACE
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class RootApp:
         self._http = http
         self._actors = (*actors, *(engine.run for engine in engines.values()))
         self._running = False
+        self._draining = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -67,10 +70,32 @@ class RootApp:
             finally:
                 self._running = False
 
+    async def drain(self, calls_for: float) -> None:
+        """Drain (``liveloop serve``'s first SIGTERM): ``GET /readyz`` answers 503 and no
+        new session is taken from now on; sessions that need not stay close at once, the
+        others as they finish, or at ``calls_for`` seconds. Returns when none is left."""
+        self._draining = True
+        engines = tuple(self._engines.values())
+        for engine in engines:
+            engine.drain()
+        with trio.move_on_after(calls_for):
+            for engine in engines:
+                await engine.drained()
+        for engine in engines:
+            engine.close_all(DisconnectReason.SERVER_SHUTDOWN)
+        with trio.move_on_after(DISCONNECT_GRACE):  # their last writes, their partners told
+            for engine in engines:
+                await engine.drained()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if kind == "http" and scope.get("path") == "/readyz":
+            # For a balancer's health check: 503 once draining, so it sends no one new.
+            ready = not self._draining
+            await respond(send, 200 if ready else 503, b"ready" if ready else b"draining", [])
             return
         engine = self._engines.get(scope.get("path", "").rstrip("/"))
         if engine is not None:
@@ -138,7 +163,32 @@ def rest_app(settings: Settings,
             response.headers[name.decode()] = value.decode("latin-1")
         return response
 
-    return rest  # type: ignore[return-value]
+    return _sent_from_here(rest)  # type: ignore[arg-type]
+
+
+def _sent_from_here(app: ASGIApp) -> ASGIApp:
+    """``app`` (Quart-Trio's), its messages sent from this request's own task.
+
+    Quart-Trio sends its response from a task that it cancels right after; hypercorn
+    restarts its keep-alive timer in the task that sends the response's end, so the timer
+    was cancelled with it and an idle kept-alive connection (or one sending a second head
+    slowly) was never closed. Relayed from here, the timer lives.
+    """
+
+    async def relayed(scope: Scope, receive: Receive, send: Send) -> None:
+        into, out_of = trio.open_memory_channel[Message](1)
+
+        async def run() -> None:
+            async with into:
+                await app(scope, receive, into.send)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            async with out_of:
+                async for message in out_of:
+                    await send(message)
+
+    return relayed
 
 
 def create_app(settings: Settings) -> RootApp:

@@ -57,7 +57,7 @@ class Settings:
         default=100_000, metadata={"help": "largest packet or polling body, bytes"}
     )
     connect_timeout: float = attrs.field(
-        default=45.0, metadata={"help": "seconds a session may stay without a namespace"}
+        default=10.0, metadata={"help": "seconds a session may stay without a namespace"}
     )
     upgrade_timeout: float = attrs.field(
         default=10.0, metadata={"help": "seconds an upgrade may take"}
@@ -78,6 +78,37 @@ class Settings:
         default=(),
         converter=tuple,
         metadata={"help": "comma-separated allowed Origins, or *; empty: same origin only"},
+    )
+    max_sessions: int = attrs.field(
+        default=100_000,
+        metadata={"help": "Engine.IO sessions at most; over it a handshake gets 503"},
+    )
+    body_timeout: float = attrs.field(
+        default=10.0, metadata={"help": "seconds to read a polling request body"}
+    )
+    header_timeout: float = attrs.field(
+        default=5.0, metadata={"help": "seconds to send a request head (and idle keep-alive)"}
+    )
+    outbox_bytes: int = attrs.field(
+        default=1_048_576,
+        metadata={"help": "bytes (characters of text) queued for one client before it is dropped"},
+    )
+    max_connections_per_ip: int = attrs.field(
+        default=64, metadata={"help": "open TCP connections from one client address"}
+    )
+    handshakes_per_ip: int = attrs.field(
+        default=20, metadata={"help": "new sessions from one client address per handshake window"}
+    )
+    handshake_window: float = attrs.field(
+        default=10.0, metadata={"help": "seconds of handshakes_per_ip's window"}
+    )
+    trusted_proxies: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=tuple,
+        metadata={"help": "comma-separated proxy addresses or CIDRs whose X-Forwarded-For counts"},
+    )
+    drain_timeout: float = attrs.field(
+        default=30.0, metadata={"help": "seconds calls may go on after SIGTERM (liveloop serve)"}
     )
 
     # Live Loop
@@ -106,6 +137,9 @@ class Settings:
     )
     status_users: int = attrs.field(
         default=50, metadata={"help": "names listed by /api/status at most"}
+    )
+    relay_budget: int = attrs.field(
+        default=200, metadata={"help": "relayed events per 10 s per connection; 0: no limit"}
     )
 
     # ICE servers handed to clients (get-ice-servers); docs/turn.md
@@ -191,7 +225,9 @@ class Settings:
     def conformance(self) -> Settings:
         """The settings that the official protocol test suites expect."""
         return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
-                            allowed_origins=("*",))  # type: ignore[arg-type]
+                            allowed_origins=("*",),  # type: ignore[arg-type]
+                            # The suites handshake hundreds of times from one address.
+                            handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000)
 
 
 def _convert(field: attrs.Attribute[Any], raw: str) -> Any:

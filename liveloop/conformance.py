@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .app import RootApp
 from .config import Settings
 from .server import EngineServer, socketio_server
-from .server.api import JSON, Ack, Socket, SocketHandler
+from .server.api import DRAIN, JSON, Ack, DisconnectReason, Socket, SocketHandler
 from .server.session import EngineSession
 
 
@@ -32,7 +32,8 @@ class EchoApp:
         self._session.send_packets(["4" + d if isinstance(d, str) else d for d in batch])
 
     async def on_post(self, message: object) -> None:
-        pass
+        if message is DRAIN:
+            self._session.close(DisconnectReason.SERVER_SHUTDOWN)
 
     async def on_close(self, reason: str) -> None:
         pass
@@ -52,7 +53,8 @@ class _Handler:
             ack(*args)
 
     async def on_message(self, message: object) -> None:
-        pass
+        if message is DRAIN:
+            self._socket.drop()
 
     async def on_disconnect(self, reason: str) -> None:
         pass

@@ -61,7 +61,7 @@ new bounded buffer whose close reason is added here is counted with no other cha
 
 REFUSAL_LIMITS = (
     "sessions", "connections_per_ip", "handshakes_per_ip", "draining",
-    "body_timeout", "header_timeout",
+    "body_timeout", "header_timeout", "relay_budget",
 )
 """Values of ``liveloop_refused_total{limit}`` created up front (so they read 0 rather
 than being absent); :meth:`Metrics.refused` also accepts others."""

@@ -55,9 +55,9 @@ from .messages import (
     Withdraw,
 )
 from .metrics import Metrics
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RelayBudget
 from .room import relayed
-from .server.api import JSON, Ack, Socket
+from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Peer:
         self._matchmaker = matchmaker
         self._snapshot = snapshot
         self._limits = RateLimiter(settings, clock)
+        self._relays = RelayBudget(settings, clock)
         self._metrics = metrics
         self._relayed = metrics.relayed
         self._phase = Phase.IDLE
@@ -104,6 +105,8 @@ class Peer:
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        self._draining = False
+        """The server drains: this peer's connection closes as soon as it is not in a call."""
         self._ice = ice
         # This connection's id in TURN usernames; made on the first get-ice-servers.
         self._turn_id: str | None = None
@@ -141,12 +144,16 @@ class Peer:
         else:
             if ack is not None:
                 ack(ok_ack() if answer is None else {**ok_ack(), **answer})
+        self._leave_if_draining()
 
     async def on_message(self, message: object) -> None:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
         if type(message) is Deliver:  # the hot one: a relayed event
             if self._call is not None and self._call.room_id == message.room_id:
                 self._socket.emit(message.event, message.payload)
+            return
+        if message is DRAIN:
+            self._draining = True
         elif isinstance(message, Matched):
             await self._matched(message)
         elif isinstance(message, RoomEnded):
@@ -157,10 +164,17 @@ class Peer:
                 error = LiveLoopError(message.code, message.message)
                 self._metrics.error(error.code, events.REQUEST_ROOM)
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
-        else:
+        elif message is not DRAIN:
             # The type only: a message may carry a name or a thumbnail.
             log.warning("unexpected message", extra={
                 "sid": self._sid, "type": type(message).__name__})
+        self._leave_if_draining()
+
+    def _leave_if_draining(self) -> None:
+        """While the server drains, only people in a call keep their connection: the
+        others' closes, and their client reconnects (to another node) by itself."""
+        if self._draining and self._phase is not Phase.IN_ROOM:
+            self._socket.drop()
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""
@@ -235,6 +249,12 @@ class Peer:
 
     async def _relay(self, payload: events.Relayed) -> None:
         call = self._check_target(payload.room_id, payload.target)
+        retry_after = self._relays.take()
+        if retry_after is not None:
+            self._metrics.refused("relay_budget")
+            raise LiveLoopError(ErrorCode.RATE_LIMITED,
+                                f"too many relayed events, retry in {retry_after:g} s",
+                                retry_after=retry_after)
         if isinstance(payload, NewMessage):
             self._check_rate(events.NEW_MESSAGE)
         if call.inbox.statistics().open_receive_channels == 0:
@@ -300,6 +320,8 @@ class Peer:
 
     async def _enqueue(self, member: Member) -> None:
         self._member = member
+        if self._draining:
+            return  # nobody is matched here any more: the connection is about to close
         self._ticket += 1
         self._phase = Phase.QUEUED
         await self._tell_matchmaker(Enqueue(member, self._ticket))

@@ -118,3 +118,41 @@ class LimiterState:
 
     last_room_age: float | None
     message_ages: tuple[float, ...]
+
+
+RELAY_WINDOW = 10.0
+"""The window of ``relay_budget``, in seconds."""
+
+
+class RelayBudget:
+    """The protective limit on relayed events (offers, answers, ICE candidates, chat) of
+    one connection: ``relay_budget`` per ``RELAY_WINDOW`` seconds, as a token bucket that
+    holds at most that many and refills evenly. Unlike :class:`RateLimiter` it stays on
+    when ``rate_limits`` is off; a budget of 0 means no limit.
+
+    It sits far above what a real call sends (``docs/events.md`` says how it was chosen),
+    so it only refuses floods, at the sender, before they fill the partner's outbox.
+    """
+
+    __slots__ = ("_capacity", "_clock", "_rate", "_tokens", "_updated")
+
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        self._capacity = float(settings.relay_budget)
+        self._rate = self._capacity / RELAY_WINDOW
+        self._tokens = self._capacity
+        self._updated = -math.inf
+        self._clock = clock
+
+    def take(self) -> float | None:
+        """Take one relay from the budget: None if allowed, else the seconds after which
+        one would be (> 0). A refused relay takes nothing."""
+        if not self._capacity:
+            return None
+        now = self._clock()
+        tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return _round_up((1.0 - tokens) / self._rate)
+        self._tokens = tokens - 1.0
+        return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import AsyncIterator
 from functools import partial
 
 import trio
@@ -30,6 +31,7 @@ def hypercorn_config(settings: Settings) -> Config:
     # Hypercorn's own lines go through the root logger, formatted as Live Loop's are.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 2.0
+    config.keep_alive_timeout = settings.header_timeout  # the front door's too
     if bool(settings.certfile) != bool(settings.keyfile):
         raise ValueError("certfile and keyfile go together: give both or neither")
     if settings.certfile:
@@ -61,11 +63,13 @@ async def serve(app: RootApp, settings: Settings, *, worker: Worker | None = Non
             nursery.start_soon(_stop_without_parent, worker.lifeline, nursery.cancel_scope)
         await nursery.start(app.run)
         binds: list[str] = await nursery.start(
-            partial(frontdoor.serve, app, engines, hypercorn_config(settings), worker=worker)
+            partial(frontdoor.serve, app, engines, hypercorn_config(settings), settings,
+                    metrics=app.metrics, worker=worker)
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_drain_on_signal, app, settings.drain_timeout,
+                           nursery.cancel_scope)
 
 
 async def _stop_without_parent(lifeline: int, scope: trio.CancelScope) -> None:
@@ -75,10 +79,24 @@ async def _stop_without_parent(lifeline: int, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    """SIGTERM or SIGINT: stop serving; sessions end and tell their partners."""
+async def _drain_on_signal(app: RootApp, calls_for: float, scope: trio.CancelScope) -> None:
+    """The first SIGTERM or SIGINT drains (:meth:`RootApp.drain`, at most ``calls_for``
+    seconds for the calls), then stops serving; a second one stops serving at once."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("signal %d: shutting down", signum)
-            scope.cancel()
-            return
+            log.info("signal %d: draining (calls may go on for %g s; signal again to stop"
+                     " now)", signum, calls_for)
+            break
+        async with trio.open_nursery() as draining:
+            draining.start_soon(_stop_on_second, signals, scope)
+            await app.drain(calls_for)
+            log.info("drained: stopping")
+            draining.cancel_scope.cancel()
+        scope.cancel()
+
+
+async def _stop_on_second(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("signal %d again: stopping now", signum)
+        scope.cancel()
+        return

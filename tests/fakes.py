@@ -96,6 +96,9 @@ class FakeSocket:
     def disconnect(self) -> None:
         self.close("server namespace disconnect")
 
+    def drop(self) -> None:
+        self.close("server shutting down")
+
     def close(self, reason: str) -> None:
         """The transport is gone: nothing more is emitted; ``on_disconnect`` follows the
         items already queued."""

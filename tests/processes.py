@@ -43,7 +43,8 @@ async def liveloop_process(*args: str, env: Mapping[str, str] | None = None
     answers... or any HTTP answer for ``conformance``) before this yields; SIGTERM at
     the end, and its exit status must then be 0."""
     command = [sys.executable, "-m", "liveloop", *args, "--bind", "127.0.0.1:0"]
-    environ = {**os.environ, **(env or {})}
+    # No drain at the end: the test's clients may still be in a call.
+    environ = {**os.environ, "LIVELOOP_DRAIN_TIMEOUT": "0", **(env or {})}
     log = bytearray()
     async with trio.open_nursery() as nursery:
         process = await trio.lowlevel.open_process(

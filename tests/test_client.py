@@ -332,6 +332,15 @@ async def test_bench_idle_holds_connections(url: str) -> None:
     assert "rss_per_connection_kib" in report["idle"]
 
 
+async def test_bench_slowhead_holds_unfinished_heads(url: str) -> None:
+    from liveloop.bench.runner import run_inline
+
+    with trio.fail_after(30):
+        report = await run_inline(bench_config(url, "slowhead", clients=5, duration=0.1))
+    assert report["slowhead"]["connections"] == 5
+    assert "rss_per_connection_kib" in report["slowhead"]
+
+
 async def test_bench_says_when_the_server_rate_limits(nursery: trio.Nursery) -> None:
     from liveloop.bench.runner import BenchError, run_inline
 

@@ -319,6 +319,22 @@ async def test_slow_reader_costs_only_its_outbox(engine: EngineServer) -> None:
         assert session.outbox.statistics().current_buffer_used == SETTINGS.outbox_size
 
 
+async def test_outbox_is_bounded_in_bytes(engine: EngineServer) -> None:
+    """A few large packets fill the outbox's bytes long before its packet count; what a
+    transport takes no longer counts."""
+    sid = await handshake(engine)
+    session = engine.sessions[sid]
+    big = "4" + "x" * (SETTINGS.outbox_bytes // 4)
+    for _ in range(3):
+        session.send_frame(big)
+    assert len(session.take()) == 3  # taken: the whole budget is free again
+    session.send_packets([big, big, big])
+    assert not session.closed
+    session.send_frame(big)  # four quarters and a byte
+    assert session.closed and session.close_reason == "outbox overflow"
+    assert session.outbox.statistics().current_buffer_used == 3
+
+
 class TestCors:
     @pytest.fixture
     async def engine(self, nursery: trio.Nursery) -> AsyncIterator[EngineServer]:

@@ -14,6 +14,7 @@ from trio.testing import MockClock
 from liveloop.config import Settings
 from liveloop.messages import Deliver, Matched, MatchmakerMessage, Member, RoomEnded
 from liveloop.peer import LiveLoopNamespace, Peer, Phase
+from liveloop.ratelimit import RELAY_WINDOW
 from liveloop.status import Snapshot
 from tests.fakes import FakeClient, FakeSocket, World, open_world
 
@@ -335,13 +336,46 @@ async def test_message_rate_limit(world: World, clock: MockClock) -> None:
     assert await world.ask(a, "newMessage", {"message": "m11"}) == OK
 
 
-async def test_ice_candidates_unlimited(world: World, clock: MockClock) -> None:
+async def test_ice_candidates_have_only_the_relay_budget(world: World,
+                                                       clock: MockClock) -> None:
+    """No rate limit of the seed's on candidates: a whole budget's worth at once passes;
+    beyond it the sender (only) is told rate-limited, and the budget refills evenly."""
     a, b, _ = await world.pair()
-    for _ in range(200):
+    budget = world.settings.relay_budget
+    for _ in range(budget):
         a.emit("send-new-ice-candidates", {"candidate": CANDIDATE}, ack=False)
     await world.settle()
-    assert len(b.received("new-ice-candidates")) == 200
+    assert len(b.received("new-ice-candidates")) == budget
     assert a.errors() == []
+    assert await world.ask(a, "send-new-ice-candidates", {"candidate": CANDIDATE}) == \
+        error_ack("rate-limited")
+    assert a.errors()[-1]["retryAfter"] == RELAY_WINDOW / budget
+    assert b.errors() == []
+    assert await world.ask(b, "send-new-ice-candidates", {"candidate": None}) == OK
+    await trio.sleep(RELAY_WINDOW / budget)
+    assert await world.ask(a, "send-new-ice-candidates", {"candidate": None}) == OK
+    assert len(b.received("new-ice-candidates")) == budget + 1
+
+
+async def test_relay_budget_stays_on_without_rate_limits(
+        nursery: trio.Nursery, autojump_clock: MockClock) -> None:
+    world = await open_world(nursery, rate_limits=False, relay_budget=3)
+    a, b, _ = await world.pair()
+    for _ in range(3):
+        assert await world.ask(a, "negotiation-call-offer", {"offer": OFFER}) == OK
+    assert await world.ask(a, "negotiation-call-offer", {"offer": OFFER}) == \
+        error_ack("rate-limited")
+    assert len(b.received("negotiation-call-offer")) == 3
+
+
+async def test_relay_budget_zero_is_no_limit(nursery: trio.Nursery,
+                                            autojump_clock: MockClock) -> None:
+    world = await open_world(nursery, relay_budget=0)
+    a, b, _ = await world.pair()
+    for _ in range(500):
+        a.emit("send-new-ice-candidates", {"candidate": None}, ack=False)
+    await world.settle()
+    assert len(b.received("new-ice-candidates")) == 500
 
 
 async def test_rate_limits_off(nursery: trio.Nursery,

@@ -127,3 +127,22 @@ async def test_hypercorn_with_its_certificate_serves_https(
             assert status == 200 and b"<title>Live Loop</title>" in body
         finally:
             process.terminate()
+
+
+async def test_connections_per_address_over_tls(
+        nursery: trio.Nursery, ca: trustme.CA, certificate: tuple[str, str]) -> None:
+    """The count is the socket peer's, taken before the TLS handshake: one over the limit
+    is closed before it (no plaintext answer on a TLS connection)."""
+    certfile, keyfile = certificate
+    settings = Settings(bind="127.0.0.1:0", certfile=certfile, keyfile=keyfile,
+                        max_connections_per_ip=1, header_timeout=600.0)
+    url = await start_server(nursery, create_app(settings), settings)
+    host, port = split(url)
+    context = client_context(ca)
+    held = trio.SSLStream(await trio.open_tcp_stream(host, port), context,
+                          server_hostname=host, https_compatible=True)
+    async with held:
+        with trio.fail_after(10):
+            await held.do_handshake()
+            with pytest.raises(trio.BrokenResourceError):
+                await https_get(host, port, context, "/")

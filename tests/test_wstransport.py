@@ -38,7 +38,7 @@ from liveloop.conformance import EchoApp
 from liveloop.serve import hypercorn_config, serve
 from liveloop.server import EngineServer, wstransport
 from liveloop.server.frontdoor import Server
-from liveloop.server.session import FLUSH_GRACE, OutFrame
+from liveloop.server.session import FLUSH_GRACE, OutFrame, take_all
 
 PATH = "/engine.io/"
 SETTINGS = Settings(bind="127.0.0.1:0", max_payload=1000, allowed_origins=("*",))
@@ -113,7 +113,7 @@ async def connect(nursery: trio.Nursery, engine: EngineServer,
     app = RootApp({PATH: engine}, None)
     config = hypercorn_config(SETTINGS)
     server = Server({PATH.rstrip("/"): engine}, wrap_app(app, config.wsgi_max_body_size, None),
-                    config, ConnectionState({}))
+                    config, ConnectionState({}), SETTINGS)
     writes = Writes(monkeypatch)
     client_end, server_end = socket_pair()
     nursery.start_soon(server.handle, server_end)
@@ -167,7 +167,7 @@ async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServ
     config = hypercorn_config(SETTINGS)
     server = Server({PATH.rstrip("/"): strict},
                     wrap_app(RootApp({PATH: strict}, None), 0, None), config,
-                    ConnectionState({}))
+                    ConnectionState({}), SETTINGS)
     client_end, server_end = socket_pair()
     nursery.start_soon(server.handle, server_end)
     event = await Client(client_end).open(origin="https://evil.example")
@@ -372,7 +372,7 @@ async def test_bytes_pending_before_start_are_sent_by_a_flusher(
     assert not ws.idle
     send, receive = trio.open_memory_channel[OutFrame](8)
     send.send_nowait("4after")
-    ws.start(nursery, receive)
+    ws.start(nursery, lambda: take_all(receive))
     reader = FrameProtocol(client=True, extensions=[])
     texts: list[str] = []
     parts: list[str] = []

@@ -13,7 +13,8 @@ from .scenarios import BenchConfig
 
 EPILOG = """\
 Start the server with rate limits off, e.g.
-  liveloop serve --bind 127.0.0.1:8000 --rate-limits off
+  liveloop serve --bind 127.0.0.1:8000 --rate-limits off --relay-budget 0 \
+      --handshakes-per-ip 1000000 --max-connections-per-ip 1000000
 and pass its process id with --server-pid to get its CPU time and memory.
 
 scenarios:
@@ -23,6 +24,9 @@ scenarios:
          matched, and request again: matches/s, time to match, server CPU/match
   idle   --clients connections held open for --duration seconds: server memory per
          connection, CPU per connect, idle CPU
+  slowhead  --clients TCP connections that never finish their request head, held
+         --duration seconds (start the server with --header-timeout above that and
+         --max-connections-per-ip above --clients): server memory per connection
 """
 
 
@@ -38,7 +42,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load-test a running server", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=("relay", "churn", "idle"))
+    parser.add_argument("scenario", choices=("relay", "churn", "idle", "slowhead"))
     parser.add_argument("--url", required=True,
                         help="the server, e.g. http://127.0.0.1:8000; several, comma-"
                              "separated, are used in turn (nodes sharing Redis)")

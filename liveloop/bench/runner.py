@@ -330,7 +330,7 @@ def build_report(config: BenchConfig, outcomes: list[dict[str, Any]],
             idle["idle_cpu_pct"] = round(100 * (held["cpu_s"] - connected["cpu_s"])
                                          / max(1e-9, held["time"] - connected["time"]), 2)
             idle["connect_s"] = round(connected["time"] - start["time"], 3)
-        report["idle"] = idle
+        report[config.scenario] = idle
     if window:
         report["server"] = window
     if generator["busiest"] > BUSY:

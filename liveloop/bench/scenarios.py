@@ -14,6 +14,10 @@ Phases:
   other, told ``stop-by-remote-user``, is back in the queue; ``done``.
 - idle: ``start``; clients connect and hold; ``connected``; they stay ``duration``
   seconds; ``held``.
+- slowhead: as idle, but each "client" is a TCP connection that sends the start of an
+  HTTP request head and never finishes it (a slow or silent client): what such
+  connections cost while ``LIVELOOP_HEADER_TIMEOUT`` lets them live (start the server
+  with a header timeout longer than the run, and a per-address limit above ``clients``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "relay": ("ready", "done"),
     "churn": ("ready", "done"),
     "idle": ("start", "connected", "held"),
+    "slowhead": ("start", "connected", "held"),
 }
 """Every scenario's phases, in order."""
 
@@ -52,6 +57,8 @@ MAX_SAMPLES = 200_000
 """Latency samples a worker keeps at most (a uniform reservoir beyond that)."""
 
 _END = "end"
+_HOLDING = ("idle", "slowhead")
+_PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: slow"
 
 
 class RateLimited(Exception):
@@ -161,6 +168,7 @@ class Worker:
         scenario = self.config.scenario
         client_fn: Callable[[int], Any] = {
             "relay": self._relay_client, "churn": self._churn_client, "idle": self._idle_client,
+            "slowhead": self._slowhead_client,
         }[scenario]
         cpu: dict[str, float] = {}
         wall: dict[str, float] = {}
@@ -172,7 +180,7 @@ class Worker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_progress)
             async with trio.open_nursery() as clients:
-                if scenario == "idle":
+                if scenario in _HOLDING:
                     await self.sync.arrive("start")
                     mark("start")
                     self.go.set()
@@ -183,7 +191,7 @@ class Worker:
                     self.all_done.set()
                 with trio.fail_after(self.config.setup_timeout):
                     await self.all_ready.wait()
-                if scenario == "idle":
+                if scenario in _HOLDING:
                     mark("connected")
                     await self.sync.arrive("connected")
                     mark("hold")
@@ -206,7 +214,8 @@ class Worker:
         return self._result(cpu, wall)
 
     def _result(self, cpu: dict[str, float], wall: dict[str, float]) -> dict[str, Any]:
-        first, last = ("start", "held") if self.config.scenario == "idle" else ("ready", "done")
+        first, last = (("start", "held") if self.config.scenario in _HOLDING
+                       else ("ready", "done"))
         counters = dict(zip(COUNTERS, self.counters, strict=True))
         return {
             "worker": self.index,
@@ -349,6 +358,16 @@ class Worker:
 
     async def _idle_client(self, index: int) -> None:
         async with self._connected(max_events=16):
+            self._ready_one()
+            await self.leave.wait()
+
+    async def _slowhead_client(self, index: int) -> None:
+        host, _, port = self.config.url.removeprefix("http://").rstrip("/").rpartition(":")
+        async with self._slots:
+            stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(_PARTIAL_HEAD)
+            self._count(0)
             self._ready_one()
             await self.leave.wait()
 

@@ -74,3 +74,6 @@ class RemoteSocket:
 
     def disconnect(self) -> None:
         """Never used: a node disconnects only its own clients."""
+
+    def drop(self) -> None:
+        """Never used: a node drops (drains) only its own clients."""

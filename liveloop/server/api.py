@@ -78,6 +78,11 @@ class Socket(Protocol):
         """Close this namespace: the client gets DISCONNECT, the handler ``on_disconnect``
         with reason ``"server namespace disconnect"``."""
 
+    def drop(self) -> None:
+        """Close the whole connection (its Engine.IO session, every namespace), reason
+        ``"server shutting down"``: the client sees its transport close, so the official
+        client reconnects by itself (a DISCONNECT would stop it). For draining."""
+
 
 class Ack(Protocol):
     """The ack a client asked for with its event. Send it at most once."""
@@ -105,6 +110,18 @@ class Namespace(Protocol):
 
     async def connect(self, socket: Socket, auth: JSON) -> SocketHandler:
         """Accept (return the handler) or refuse (raise :class:`ConnectRefused`)."""
+
+
+@attrs.frozen
+class Drain:
+    """The server drains (``liveloop serve`` got SIGTERM): posted to every session's app
+    and, by the Socket.IO layer, to every handler's ``on_message``. A handler that need
+    not keep its client (nobody in a call, say) calls :meth:`Socket.drop`; the server
+    closes the rest when their time is up."""
+
+
+DRAIN = Drain()
+"""The one :class:`Drain` message."""
 
 
 @attrs.frozen

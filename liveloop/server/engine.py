@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -21,8 +22,10 @@ from ..logs import clip
 from ..metrics import Metrics
 from ..wire import engineio as eio
 from ..wire.errors import ProtocolError
+from .api import DRAIN
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
+from .limits import HandshakeWindow, scope_client, trusted_networks
 from .routing import tag_sid
 from .session import (
     FLUSH_GRACE,
@@ -31,7 +34,7 @@ from .session import (
     OutFrame,
     SessionApp,
     SessionClosed,
-    take_all,
+    Transport,
 )
 from .sockets import new_id
 from .timers import Timers
@@ -57,6 +60,7 @@ _MAX_FRAMES_PER_RESPONSE = 1024
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
+_REFUSALS = {503: b"Service Unavailable", 429: b"Too Many Requests"}
 
 
 class EngineServer:
@@ -72,6 +76,13 @@ class EngineServer:
         self._nursery: trio.Nursery | None = None
         self._max = settings.max_payload
         self.timers = Timers()
+        self.proxies = trusted_networks(settings.trusted_proxies)
+        self.handshakes = HandshakeWindow(settings.handshakes_per_ip,
+                                          settings.handshake_window, trio.current_time)
+        self.draining = False
+        """Draining: no new session is taken (handshakes answer 503)."""
+        self._ended: trio.Event | None = None
+        """Set when a session ends, for :meth:`drained`."""
         self.worker: int | None = None
         """Under several workers, this worker's index: it tags the sids made here
         (:func:`~liveloop.server.routing.tag_sid`) so requests find their way back."""
@@ -97,13 +108,13 @@ class EngineServer:
         status = 403 if code == FORBIDDEN else 400
         await respond(send, status, body, headers, b"application/json")
 
-    def _start(self, transport: str) -> EngineSession:
+    def _start(self, transport: Transport) -> EngineSession:
         if self._nursery is None:
             raise RuntimeError("EngineServer.run() is not running")
         sid = new_id() if self.worker is None else tag_sid(new_id(), self.worker)
         session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
-        self.metrics.session_opened(transport)
+        self.metrics.session_opened(session.transport)
         self._nursery.start_soon(self._run_session, session)
         return session
 
@@ -116,6 +127,41 @@ class EngineServer:
             self.metrics.session_ended(session.transport, reason)
             log.debug("session closed", extra={"sid": session.sid, "reason": reason,
                                                "transport": session.transport})
+            if self._ended is not None:
+                self._ended.set()
+
+    def _refusal(self, scope: Scope) -> tuple[int, Headers] | None:
+        """Why a new session may not start now: the HTTP status (503 while draining or at
+        ``max_sessions``, 429 over the client address's handshakes) and headers; None
+        if it may. A handshake that passes is counted for its address."""
+        if self.draining or len(self.sessions) >= self.settings.max_sessions:
+            self.metrics.refused("draining" if self.draining else "sessions")
+            return 503, []
+        retry_after = self.handshakes.allow(scope_client(scope, self.proxies))
+        if retry_after is not None:
+            self.metrics.refused("handshakes_per_ip")
+            return 429, [(b"retry-after", str(math.ceil(retry_after)).encode())]
+        return None
+
+    # -- draining -------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop taking new sessions, and tell every session's app that the server drains
+        (:data:`~.api.DRAIN`): it closes those it need not keep."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.post(DRAIN)
+
+    def close_all(self, reason: str) -> None:
+        """Close every session now with ``reason``."""
+        for session in list(self.sessions.values()):
+            session.close(reason)
+
+    async def drained(self) -> None:
+        """Return once no session is left."""
+        while self.sessions:
+            self._ended = trio.Event()
+            await self._ended.wait()
 
     def _open_packet(self, sid: str, upgrades: list[str]) -> eio.Packet:
         s = self.settings
@@ -147,7 +193,12 @@ class EngineServer:
             if method != "GET":
                 await self._error(send, BAD_HANDSHAKE_METHOD, cors)
                 return
-            session = self._start("polling")
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                status, headers = refusal
+                await respond(send, status, _REFUSALS[status], [*cors, *headers])
+                return
+            session = self._start(Transport.POLLING)
             body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
             await respond(send, 200, body.encode(), cors)
             return
@@ -155,7 +206,7 @@ class EngineServer:
         if found is None:
             await self._error(send, SESSION_ID_UNKNOWN, cors)
             return
-        if found.transport != "polling":
+        if found.state is Transport.WEBSOCKET:
             # Polling is over for this session. As for a duplicate WebSocket, answer a
             # beat late, so the refusal can't overtake frames in flight on the new one.
             await trio.sleep(_STRAGGLER_DELAY)
@@ -175,7 +226,7 @@ class EngineServer:
             session.close("transport error")
             await self._error(send, BAD_REQUEST, cors)
             return
-        if not session.probed:
+        if session.state is not Transport.PAUSED:
             frames: list[OutFrame] = []
             with trio.CancelScope() as waiting:
                 session.polling_get = waiting
@@ -187,6 +238,7 @@ class EngineServer:
                     pass
                 finally:
                     session.polling_get = None
+                    session.taken(frames)
             answer = session.poll_answer
             session.poll_answer = None
             if frames or answer != _PROBED:
@@ -219,7 +271,15 @@ class EngineServer:
             return
         session.polling_post = True
         try:
-            raw = await read_body(receive, self._max)
+            raw: bytes | None = None
+            with trio.move_on_after(self.settings.body_timeout) as reading:
+                raw = await read_body(receive, self._max)
+            if reading.cancelled_caught:
+                # Too slow: the connection goes (the body is unread), and the session.
+                self.metrics.refused("body_timeout")
+                session.close("transport error")
+                await respond(send, 408, b"Request Timeout", [*cors, (b"connection", b"close")])
+                return
             if raw is None:
                 session.close("transport error")
                 await respond(send, 413, b"Payload Too Large", cors)
@@ -253,7 +313,7 @@ class EngineServer:
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
-        await self.serve_websocket(scope, ASGIWebSocket(receive, send))
+        await self.serve_websocket(scope, ASGIWebSocket(receive, send, scope))
 
     async def serve_websocket(self, scope: Scope, ws: WebSocket) -> None:
         """Serve one WebSocket request (``scope`` gives its query and headers) until its
@@ -266,7 +326,11 @@ class EngineServer:
             return
         sid = params.get("sid")
         if sid is None:
-            session = self._start("websocket")
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await ws.refuse(*refusal)
+                return
+            session = self._start(Transport.WEBSOCKET)
             await ws.accept()
             await ws.send_frames((eio.encode_text(self._open_packet(session.sid, [])),))
         else:
@@ -274,7 +338,7 @@ class EngineServer:
             if found is None:
                 await ws.refuse()
                 return
-            if found.transport != "polling" or found.upgrading:
+            if found.state is not Transport.POLLING:
                 # A second WebSocket for a session that has one: accepted, then closed,
                 # and the session it named goes on untouched. Mid-upgrade, it is closed
                 # once the upgrade has settled, so it can't overtake the first one.
@@ -287,7 +351,7 @@ class EngineServer:
                 await ws.close(1008)
                 return
             session = found
-            session.upgrading = True  # before accepting: a second WebSocket must see it
+            session.state = Transport.PROBING  # before accepting: a second WebSocket sees it
             await ws.accept()
             if not await self._upgrade(session, ws):
                 await ws.close(1000)
@@ -303,17 +367,18 @@ class EngineServer:
                     return False
                 await ws.send_frames(("3probe",))
                 # Release the pending GET with a NOOP so that the client can pause.
-                session.probed = True
+                session.state = Transport.PAUSED
                 session.release_poll(_PROBED)
                 if await ws.receive() != "5" or session.closed:
                     return False
-                session.transport = "websocket"
+                session.state = Transport.WEBSOCKET
                 self.metrics.upgraded()
                 session.upgraded.set()
                 return True
             return False
         finally:
-            session.upgrading = session.probed = False
+            if session.state is not Transport.WEBSOCKET:
+                session.state = Transport.POLLING
 
     async def _websocket_loop(self, session: EngineSession, ws: WebSocket) -> None:
         """Read in this task until the session closes; then what it queued last has a
@@ -325,7 +390,7 @@ class EngineServer:
         async with trio.open_nursery() as nursery:
             flushing = trio.CancelScope()
             if direct is not None:
-                direct.start(nursery, session.outbox)
+                direct.start(nursery, session.take)
             else:
                 nursery.start_soon(_websocket_writer, session, ws, flushing)
             try:
@@ -377,8 +442,9 @@ class WebSocket(Protocol):
     async def accept(self) -> None:
         """Complete the opening handshake."""
 
-    async def refuse(self) -> None:
-        """Refuse the handshake (HTTP 403); the request is over."""
+    async def refuse(self, status: int = 403, headers: Headers | None = None) -> None:
+        """Refuse the handshake with HTTP ``status`` (and ``headers``); the request is
+        over."""
 
     async def receive(self) -> str | bytes | None:
         """The next whole message (``str``: a text frame); None once the peer has gone
@@ -397,10 +463,10 @@ class DirectWebSocket(WebSocket, DirectWriter, Protocol):
     """A :class:`WebSocket` that the session task writes to itself, without waiting
     (see :class:`~.session.DirectWriter`); its transport has no writer task."""
 
-    def start(self, nursery: trio.Nursery, outbox: trio.MemoryReceiveChannel[OutFrame]
-              ) -> None:
-        """The session's socket from now on: send what ``outbox`` holds; tasks the
-        transport needs (to flush what the kernel would not take) go in ``nursery``."""
+    def start(self, nursery: trio.Nursery, take: Callable[[], list[OutFrame]]) -> None:
+        """The session's socket from now on: send what the session's outbox holds (``take``
+        takes all of it, without waiting); tasks the transport needs (to flush what the
+        kernel would not take) go in ``nursery``."""
 
     def stop(self) -> None:
         """The session has closed: stop any task of the transport's in the nursery."""
@@ -413,15 +479,23 @@ class ASGIWebSocket:
     """:class:`WebSocket` over an ASGI server's ``receive`` / ``send``, after
     ``websocket.connect``."""
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    def __init__(self, receive: Receive, send: Send, scope: Scope | None = None) -> None:
         self._receive = receive
         self._send = send
+        self._responses = "websocket.http.response" in (scope or {}).get("extensions", {})
+        """The server can answer the handshake with an HTTP response of ours."""
 
     async def accept(self) -> None:
         await self._send({"type": "websocket.accept"})
 
-    async def refuse(self) -> None:
-        await self._send({"type": "websocket.close", "code": 1008})
+    async def refuse(self, status: int = 403, headers: Headers | None = None) -> None:
+        if status == 403 or not self._responses:
+            # The server refuses it itself (hypercorn: 403).
+            await self._send({"type": "websocket.close", "code": 1008})
+            return
+        await self._send({"type": "websocket.http.response.start", "status": status,
+                          "headers": [*(headers or ()), (b"content-length", b"0")]})
+        await self._send({"type": "websocket.http.response.body", "body": b""})
 
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
@@ -453,7 +527,7 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
         try:
             while True:
                 try:
-                    frames = take_all(outbox, [await outbox.receive()])
+                    frames = session.take([await outbox.receive()])
                 except trio.EndOfChannel:
                     break
                 await ws.send_frames(frames)

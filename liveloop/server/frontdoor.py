@@ -41,10 +41,14 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from ..config import Settings
+from ..metrics import Metrics
 from .asgi import Scope
 from .engine import EngineServer
 from .http1 import RoutedConnection
+from .limits import ConnectionCount, client_address, trusted, trusted_networks
 from .routing import Handoff, Worker
+from .session import FLUSH_GRACE
 from .wstransport import FastWebSocket
 
 log = logging.getLogger(__name__)
@@ -54,17 +58,20 @@ HYPERCORN_VERSIONS = ((0, 17, 3), (0, 19))
 included, to the second, excluded (pyproject.toml's pin says the same)."""
 
 _MAX_HEAD = 16 * 1024
-_KEPT_HEADERS = frozenset((b"origin", b"host"))
+_KEPT_HEADERS = frozenset((b"origin", b"host", b"x-forwarded-for"))
+_TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n"
+             b"connection: close\r\n\r\n")
 _RECEIVE_SIZE = 65536
 
 _Engines = dict[str, EngineServer]
 
 
-async def serve(app: Any, engines: _Engines, config: Config, *,
-                worker: Worker | None = None,
+async def serve(app: Any, engines: _Engines, config: Config, settings: Settings, *,
+                metrics: Metrics | None = None, worker: Worker | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
-    (path without trailing slash -> server) here, the rest by hypercorn with ``app``.
+    (path without trailing slash -> server) here, the rest by hypercorn with ``app``;
+    ``settings`` give the per-address connection limit; refusals count in ``metrics``.
 
     As one of several workers (``worker``), listen on the worker's own socket instead,
     route every request to the worker that owns its session, and serve HTTP here too
@@ -96,7 +103,8 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             scheme = "https" if tls else "http"
             binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
-        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()), tls)
+        server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()),
+                        settings, tls, metrics)
         if worker is not None:
             server.route(app, worker.handoff)
             nursery.start_soon(server.serve_handoffs, worker.handoff)
@@ -105,16 +113,28 @@ async def serve(app: Any, engines: _Engines, config: Config, *,
 
 
 class Server:
-    """Handles each accepted connection: see the module docstring."""
+    """Handles each accepted connection: see the module docstring.
+
+    Open connections are counted per client address (``max_connections_per_ip``): from
+    the socket's peer at once, or, when the peer is a trusted proxy, from the first
+    request head's ``X-Forwarded-For`` (a proxy's kept-alive connection may carry other
+    clients' requests later: they count for the first). Over the limit the connection
+    gets a 429 and is closed (over TLS, a direct peer over the limit is closed before the
+    TLS handshake, with no answer).
+    """
 
     def __init__(self, engines: _Engines, app: AppWrapper, config: Config,
-                 state: ConnectionState, tls: ssl.SSLContext | None = None) -> None:
+                 state: ConnectionState, settings: Settings,
+                 tls: ssl.SSLContext | None = None, metrics: Metrics | None = None) -> None:
         self._engines = engines
         self._tls = tls
         self._app = app
         self._config = config
         self._context = WorkerContext(None)
         self._state = state
+        self._proxies = trusted_networks(settings.trusted_proxies)
+        self.connections = ConnectionCount(settings.max_connections_per_ip)
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._routed: RoutedConnection | None = None
 
     def route(self, app: Any, handoff: Handoff) -> None:
@@ -133,8 +153,17 @@ class Server:
 
     async def handle(self, stream: trio.abc.Stream, data: bytes = b"") -> None:
         """Serve one connection (``data``: bytes already read from it, when another
-        worker passed it here); whatever goes wrong with it ends it alone."""
+        worker passed it here); whatever goes wrong with it ends it alone. Under
+        several workers a connection counts for its peer's address in the worker that
+        holds it (a trusted proxy's is not counted: its heads are routed one by one)."""
+        counted: list[str] = []  # the address this connection counts for, once known
+        peer = _peer(stream)  # the socket's, before any TLS
+        proxied = trusted(peer, self._proxies)
         try:
+            if not proxied and not self._count(peer, counted):
+                if self._tls is None:
+                    await _too_many(stream)
+                return
             if self._routed is not None and isinstance(stream, trio.SocketStream):
                 await self._routed.serve(stream, data)
                 return
@@ -145,15 +174,25 @@ class Server:
                     await stream.do_handshake()
                 if waiting.cancelled_caught:
                     return
-            await self._serve(stream)
+            await self._serve(stream, peer, proxied, counted)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass  # the peer went away
         except Exception:
             log.exception("connection failed")
         finally:
+            for address in counted:
+                self.connections.close(address)
             await stream.aclose()
 
-    async def _serve(self, stream: trio.abc.Stream) -> None:
+    def _count(self, address: str, counted: list[str]) -> bool:
+        if not self.connections.open(address):
+            self._metrics.refused("connections_per_ip")
+            return False
+        counted.append(address)
+        return True
+
+    async def _serve(self, stream: trio.abc.Stream, peer: str, proxied: bool,
+                     counted: list[str]) -> None:
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         received = bytearray()
         event: object = h11.NEED_DATA
@@ -169,7 +208,14 @@ class Server:
                 except h11.RemoteProtocolError:
                     break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
         if waiting.cancelled_caught:
+            self._metrics.refused("header_timeout")
             return  # as hypercorn's keep-alive timeout closes a silent connection
+        if proxied:
+            forwarded = ([value for name, value in event.headers if name == b"x-forwarded-for"]
+                         if isinstance(event, h11.Request) else [])
+            if not self._count(client_address(peer, forwarded, self._proxies), counted):
+                await _too_many(stream)
+                return
         websocket = (self._websocket(stream, http, event)
                      if isinstance(stream, trio.SocketStream) else None)
         if websocket is not None:
@@ -193,6 +239,7 @@ class Server:
         if upgrade is None:
             return None
         engine, scope, key = upgrade
+        scope["client"] = (_peer(stream), 0)
         ws = FastWebSocket(stream, http, key, http.trailing_data[0],
                            engine.settings.max_payload)
 
@@ -203,6 +250,22 @@ class Server:
                 await ws.shutdown()
 
         return serve
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    """The address of the socket's peer ("" for one without: a Unix socket, say)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        name = sock.getpeername() if sock is not None else None
+    except OSError:
+        return ""
+    return str(name[0]) if isinstance(name, tuple) else ""
+
+
+async def _too_many(stream: trio.abc.Stream) -> None:
+    """Answer 429 to whatever the client sends, and let the caller close."""
+    with trio.move_on_after(FLUSH_GRACE):
+        await stream.send_all(_TOO_MANY)
 
 
 def _upgrade(http: h11.Connection, event: object, engines: _Engines

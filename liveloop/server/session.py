@@ -17,13 +17,17 @@ Bounds, and what happens when they are full:
   else is. :meth:`post` (other actors) never waits: if the posts overflow, the session
   is closed with reason ``"mailbox overflow"``: it is not keeping up, and an actor that
   relays to it must never stall for it.
-- outbox: ``outbox_size`` packets. :meth:`send_packets` never waits: a client that does
+- outbox: ``outbox_size`` packets and ``outbox_bytes`` bytes (characters of a text
+  packet, bytes of a binary one). :meth:`send_packets` never waits: a client that does
   not read what is sent to it is closed with reason ``"outbox overflow"``, so it costs
-  no more than that bound and never slows the sender.
+  no more than that bound and never slows the sender. Transports take from the outbox
+  through :meth:`EngineSession.take` (or hand what they received to
+  :meth:`EngineSession.taken`), which keeps the byte count.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Sequence
@@ -107,6 +111,28 @@ class _Wake:
 _WAKE = _Wake()
 
 
+class Transport(enum.Enum):
+    """Which transport carries a session, as one state machine::
+
+        POLLING --WebSocket with the sid accepted--> PROBING --2probe/3probe--> PAUSED
+           ^                                            |                        |
+           +------- probe failed, timed out, or its WebSocket closed -----------+
+                                                                                 |
+        WEBSOCKET <-------------------------------- 5 (upgrade) ----------------+
+
+    A session that starts on a WebSocket is WEBSOCKET from the start; WEBSOCKET is final.
+    """
+
+    POLLING = "polling"
+    PROBING = "probing"
+    """A WebSocket for this session is probing; polling goes on, and a second WebSocket
+    is refused."""
+    PAUSED = "paused"
+    """The probe was answered: polling is paused (a GET answers NOOP at once) until the
+    client's upgrade packet."""
+    WEBSOCKET = "websocket"
+
+
 class SessionClosed(Exception):
     """The session is closed; nothing more can be delivered to it."""
 
@@ -124,6 +150,8 @@ class EngineSession:
         "_mailbox",
         "_mailbox_send",
         "_next_ping",
+        "_outbox_bytes",
+        "_outbox_bytes_limit",
         "_outbox_limit",
         "_outbox_send",
         "_pong_due",
@@ -142,25 +170,21 @@ class EngineSession:
         "poll_answer",
         "polling_get",
         "polling_post",
-        "probed",
         "settings",
         "sid",
-        "transport",
+        "state",
         "upgraded",
-        "upgrading",
     )
 
-    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: str,
+    def __init__(self, sid: str, settings: Settings, app: SessionApp, transport: Transport,
                  timers: Timers) -> None:
         self.sid = sid
         self.settings = settings
         self.app = app
-        self.transport = transport
-        """``"polling"`` or ``"websocket"``; changes once, on a completed upgrade."""
-        self.upgrading = False
-        self.probed = False
+        self.state = transport
+        """The transport state machine (:class:`Transport`); the Engine.IO server moves it."""
         self.upgraded = trio.Event()
-        """Mid-upgrade, after the probe: polling is paused, GETs answer NOOP at once."""
+        """Set when :attr:`state` becomes WEBSOCKET by an upgrade."""
         self.closed = False
         self.closed_event = trio.Event()
         self.close_reason: str | None = None
@@ -168,6 +192,9 @@ class EngineSession:
             settings.outbox_size
         )
         self._outbox_limit = settings.outbox_size
+        self._outbox_bytes_limit = settings.outbox_bytes
+        self._outbox_bytes = 0
+        """What the outbox holds, in characters of text and bytes of binary packets."""
         # Posts, client credits, and one slot for the wake-up (_WAKE).
         self._mailbox_send, self._mailbox = trio.open_memory_channel[
             object](settings.mailbox_size + _CLIENT_CREDITS + 1)
@@ -193,6 +220,11 @@ class EngineSession:
         self.poll_answer: str | None = None
         """What a GET released by :meth:`release_poll` answers when it has nothing."""
 
+    @property
+    def transport(self) -> str:
+        """``"polling"`` or ``"websocket"``: the transport that carries the session now."""
+        return "websocket" if self.state is Transport.WEBSOCKET else "polling"
+
     # -- called by transports and other actors (any task, never blocking) ----------
 
     def send_packets(self, frames: Sequence[OutFrame]) -> None:
@@ -204,11 +236,13 @@ class EngineSession:
         if self.closed:
             return
         used = self._outbox_send.statistics().current_buffer_used
-        if used + len(frames) > self._outbox_limit:
+        size = self._outbox_bytes + sum(map(len, frames))
+        if used + len(frames) > self._outbox_limit or size > self._outbox_bytes_limit:
             self.close("outbox overflow")
             return
         for frame in frames:
             self._outbox_send.send_nowait(frame)
+        self._outbox_bytes = size
         if self._sleeping and self._direct is not None:
             self.wake()  # from another task: the session task writes them
 
@@ -216,13 +250,31 @@ class EngineSession:
         """:meth:`send_packets` for a single packet, without building a list."""
         if self.closed:
             return
+        size = self._outbox_bytes + len(frame)
+        if size > self._outbox_bytes_limit:
+            self.close("outbox overflow")
+            return
         try:
             self._outbox_send.send_nowait(frame)
         except trio.WouldBlock:
             self.close("outbox overflow")
             return
+        self._outbox_bytes = size
         if self._sleeping and self._direct is not None:
             self.wake()  # from another task: the session task writes it
+
+    def take(self, frames: list[OutFrame] | None = None) -> list[OutFrame]:
+        """Everything the outbox holds now, without waiting, appended to ``frames`` (what
+        the caller received from :attr:`outbox` itself, or None); counted out of the
+        outbox's bytes."""
+        taken = take_all(self.outbox, frames)
+        self.taken(taken)
+        return taken
+
+    def taken(self, frames: Sequence[OutFrame]) -> None:
+        """A transport received these from :attr:`outbox`: they no longer count."""
+        if frames:
+            self._outbox_bytes -= sum(map(len, frames))
 
     def post(self, message: object) -> None:
         """Hand ``message`` to the app's ``on_post`` in the session task; never waits.
@@ -409,7 +461,7 @@ class EngineSession:
     def _write_direct(self, direct: DirectWriter) -> None:
         if not direct.idle:
             return  # the transport takes them from the outbox when it can
-        frames = take_all(self.outbox)
+        frames = self.take()
         if frames:
             direct.write_now(frames)
 

@@ -21,7 +21,15 @@ from ..config import Settings
 from ..logs import clip
 from ..wire import socketio as sio
 from ..wire.errors import ProtocolError
-from .api import JSON, ConnectRefused, DisconnectReason, Namespace, SocketClosed, SocketHandler
+from .api import (
+    DRAIN,
+    JSON,
+    ConnectRefused,
+    DisconnectReason,
+    Namespace,
+    SocketClosed,
+    SocketHandler,
+)
 from .session import DISCONNECT_GRACE, EngineSession
 
 log = logging.getLogger(__name__)
@@ -103,6 +111,9 @@ class NamespaceSocket:
             self._send(sio.encode(sio.Packet(sio.PacketType.DISCONNECT, self._namespace)))
             self._session.post(_ServerDisconnect(self))
 
+    def drop(self) -> None:
+        self._session.close(DisconnectReason.SERVER_SHUTDOWN)
+
     # -- used by SocketIOConnection, in the session task ---------------------------
 
     def _send(self, parts: list[str | bytes]) -> None:
@@ -172,6 +183,7 @@ class SocketIOConnection:
         self._decoder = sio.Decoder(max_attachments=settings.max_attachments)
         self._sockets: dict[str, NamespaceSocket] = {}
         self._session: EngineSession | None = None
+        self._draining = False
 
     @property
     def session(self) -> EngineSession:
@@ -260,6 +272,8 @@ class SocketIOConnection:
         session.send_frame("4" + sio.encode_control(sio.Packet(
             sio.PacketType.CONNECT, name, {"sid": socket.sid})))
         socket._release()
+        if self._draining:  # it joined late: it is told too
+            await handler.on_message(DRAIN)
 
     async def _drop(self, socket: NamespaceSocket, reason: str, *, shield: bool = True
                     ) -> None:
@@ -287,6 +301,19 @@ class SocketIOConnection:
                 await socket.handler.on_message(message.message)
         elif isinstance(message, _ServerDisconnect):
             await self._drop(message.socket, DisconnectReason.SERVER_NAMESPACE)
+        elif message is DRAIN:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """The server drains: a connection on no namespace yet is closed; otherwise
+        each namespace's handler is told, and decides."""
+        self._draining = True
+        if not self._sockets:
+            self.session.close(DisconnectReason.SERVER_SHUTDOWN)
+            return
+        for socket in list(self._sockets.values()):
+            if socket.connected and socket.handler is not None:
+                await socket.handler.on_message(DRAIN)
 
     async def on_close(self, reason: str) -> None:
         for socket in list(self._sockets.values()):

@@ -18,7 +18,8 @@ no deadline.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from os import read as _read
 from os import write as _write
 
@@ -26,7 +27,7 @@ import h11
 import trio
 
 from ..wire import websocket as wsframe
-from .session import FLUSH_GRACE, OutFrame, take_all
+from .session import FLUSH_GRACE, OutFrame
 
 _RECEIVE_SIZE = 65536
 
@@ -43,6 +44,16 @@ class FastWebSocket:
     :attr:`idle`: the session then leaves its packets in its outbox, whose bound is
     what a slow reader may cost, and the flusher takes them once the kernel has taken
     the rest.
+
+    Every byte goes to the socket through two methods, :meth:`_write_now` (what the
+    kernel takes now, the rest appended to :attr:`_pending`) and :meth:`_drain` (waits
+    until :attr:`_pending` is sent), so the order of bytes is decided in one place. Three
+    tasks call them, one at a time by construction: the session task while the transport
+    is :attr:`idle` (it writes what its events produced, with no task switch on the way:
+    see ``docs/performance.md``), the flusher only while
+    bytes are pending (the session task then writes nothing), and the connection task for
+    the handshake and, once the session has closed and the flusher stopped, for
+    :meth:`finish`.
     """
 
     def __init__(self, stream: trio.SocketStream, http: h11.Connection,
@@ -58,7 +69,8 @@ class FastWebSocket:
         self._pending = bytearray()
         self._late_pong: bytes | None = None
         """The payload of the last Ping not yet answered because bytes were pending."""
-        self._outbox: trio.MemoryReceiveChannel[OutFrame] | None = None
+        self._take: Callable[[], list[OutFrame]] = list
+        """Takes what the session's outbox holds (nothing until :meth:`start`)."""
         self._nursery: trio.Nursery | None = None
         self._flusher: trio.CancelScope | None = None
         self._reading = True
@@ -77,12 +89,13 @@ class FastWebSocket:
             ])) or b"")
         await self._drain_within_grace()
 
-    async def refuse(self) -> None:
+    async def refuse(self, status: int = 403,
+                     headers: Sequence[tuple[bytes, bytes]] | None = None) -> None:
         self._reading = False
         http, self._http = self._http, None
         assert http is not None
-        response = h11.Response(status_code=403, reason=b"Forbidden", headers=[
-            (b"content-length", b"0"), (b"connection", b"close")])
+        response = h11.Response(status_code=status, reason=HTTPStatus(status).phrase, headers=[
+            *(headers or ()), (b"content-length", b"0"), (b"connection", b"close")])
         self._write_now((http.send(response) or b"") + (http.send(h11.EndOfMessage()) or b""))
         await self._drain_within_grace()
         self._writing = False
@@ -237,21 +250,20 @@ class FastWebSocket:
         with scope:
             while self._pending and self._writing:
                 await self._drain()
-                frames = take_all(self._outbox)
+                frames = self._take()
                 if frames and not self._close_sent:
                     self._pending += wsframe.encode_messages(frames)
         self._flusher = None
 
-    def start(self, nursery: trio.Nursery, outbox: trio.MemoryReceiveChannel[OutFrame]
-              ) -> None:
-        """Serve ``outbox`` (a session's): flushers start in ``nursery``. Sends what it
-        holds already (queued before the socket was attached)."""
+    def start(self, nursery: trio.Nursery, take: Callable[[], list[OutFrame]]) -> None:
+        """Serve a session's outbox (``take`` takes what it holds): flushers start in
+        ``nursery``. Sends what it holds already (queued before the socket was attached)."""
         self._nursery = nursery
-        self._outbox = outbox
+        self._take = take
         if self._pending:  # left by the handshake's reads (a pong): the flusher takes all
             self._start_flusher(nursery)
             return
-        frames = take_all(outbox)
+        frames = take()
         if frames:
             self.write_now(frames)
 
@@ -264,7 +276,7 @@ class FastWebSocket:
     async def finish(self, code: int) -> None:
         """After the session has closed and the flusher stopped: send what is pending
         and what the outbox still holds, then a Close frame with ``code``."""
-        frames = take_all(self._outbox)
+        frames = self._take()
         if frames:
             self.write_now(frames)
         self._write_now(self._closing(code))
