@@ -119,6 +119,9 @@ class RootApp:
             await receive()
             await send({"type": "lifespan.shutdown.complete"})
             return
+        from .server import hypercorn_eof
+
+        hypercorn_eof.patch()  # hypercorn serves every connection here: see that module
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.run)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -41,7 +42,10 @@ MESSAGE_RECEIVED = "Message:recived"  # sic: the seed's wire name
 MAX_ID = 128
 """Longest room or socket id accepted in a target field; the server's own are shorter."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_REFUSED_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories a name may not hold: control, format (bidi overrides, zero-width
+characters), lone surrogates, line and paragraph separators. Each can make a name shown
+to a stranger read as something else, or break the line it is shown in."""
 _IMAGE_URL = re.compile(r"data:image/[A-Za-z0-9.+-]{1,64};base64,[A-Za-z0-9+/]*={0,2}")
 _ANSWER_TYPES = frozenset({"answer", "pranswer"})
 _OFFER_TYPES = frozenset({"offer"})
@@ -84,8 +88,9 @@ def _display_name(fields: Mapping[str, object], settings: Settings) -> str:
         raise PayloadError("name must not be empty")
     if len(name) > settings.max_name:
         raise PayloadError(f"name is longer than {settings.max_name} characters")
-    if _CONTROL.search(name):
-        raise PayloadError("name must not contain control characters")
+    if not (name.isascii() and name.isprintable()) and any(
+            unicodedata.category(c) in _REFUSED_IN_NAMES for c in name):
+        raise PayloadError("name must not contain control, format or separator characters")
     return name
 
 
@@ -115,9 +120,10 @@ class SessionDescription:
         if not isinstance(raw, dict):
             raise PayloadError(f"{key} must be an object {{type, sdp}}")
         kind = raw.get("type")
-        if kind not in types:
+        # A str check before the set look-up: an unhashable value (an object, an array)
+        # must be refused like any other wrong type, not raise TypeError.
+        if not isinstance(kind, str) or kind not in types:
             raise PayloadError(f"{key}.type must be one of {sorted(types)}")
-        assert isinstance(kind, str)
         return cls(type=kind, sdp=_text(raw, "sdp", settings.max_sdp))
 
     def to_json(self) -> dict[str, Any]:

@@ -58,7 +58,6 @@ class RateLimiter:
             return self._ice_servers.take(now)
         return None
 
-
     def carry(self) -> LimiterState:
         """What this limiter has counted, as ages (seconds before now), so that another
         process with another clock can go on from it: the part of a connection state
@@ -66,13 +65,15 @@ class RateLimiter:
         now = self._clock()
         return LimiterState(
             last_room_age=None if self._last_room is None else now - self._last_room,
-            message_ages=self._messages.ages(now))
+            message_ages=self._messages.ages(now),
+            ice_server_ages=self._ice_servers.ages(now))
 
     def resume(self, state: LimiterState) -> None:
         """Go on from ``state`` (made by :meth:`carry`, here or on another node)."""
         now = self._clock()
         self._last_room = None if state.last_room_age is None else now - state.last_room_age
         self._messages.restore(now, state.message_ages)
+        self._ice_servers.restore(now, state.ice_server_ages)
 
 
 class _Window:
@@ -106,18 +107,10 @@ class _Window:
         return tuple(now - t for t in self._times or ())
 
     def restore(self, now: float, ages: tuple[float, ...]) -> None:
-        """Count again the events :meth:`ages` gave, on a clock that reads ``now``."""
+        """Count the events ``ages`` (from :meth:`ages`) as if they were here."""
         if ages and self._allowed > 0:
-            self._times = collections.deque(
-                (now - age for age in ages[-self._allowed:]), maxlen=self._allowed)
-
-
-@attrs.frozen
-class LimiterState:
-    """A rate limiter's counts, clock-free: how long ago each counted event was."""
-
-    last_room_age: float | None
-    message_ages: tuple[float, ...]
+            self._times = collections.deque((now - age for age in ages[-self._allowed:]),
+                                            maxlen=self._allowed)
 
 
 RELAY_WINDOW = 10.0
@@ -156,3 +149,12 @@ class RelayBudget:
             return _round_up((1.0 - tokens) / self._rate)
         self._tokens = tokens - 1.0
         return None
+
+
+@attrs.frozen
+class LimiterState:
+    """A rate limiter's counts, clock-free: how long ago each counted event was."""
+
+    last_room_age: float | None
+    message_ages: tuple[float, ...]
+    ice_server_ages: tuple[float, ...] = ()

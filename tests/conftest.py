@@ -15,6 +15,7 @@ No fixture here is called ``clock`` (a test module defines its own).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,29 @@ from .nodeclient import NodeClient
 
 DEADLINE = 10
 """Seconds any single wait in an integration test may take before it fails."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("liveloop")
+    group.addoption("--fuzz-seconds", type=float, default=None,
+                    help="seconds of fuzzing in tests/test_fuzz.py (default 4, or "
+                    "LIVELOOP_FUZZ_SECONDS)")
+    group.addoption("--fuzz-seed", type=int, default=None,
+                    help="seed of tests/test_fuzz.py (default random, or LIVELOOP_FUZZ_SEED)")
+
+
+def fuzz_seconds(config: pytest.Config) -> float:
+    """How long tests/test_fuzz.py fuzzes: ``--fuzz-seconds``, else
+    ``LIVELOOP_FUZZ_SECONDS``, else 4."""
+    value = config.getoption("fuzz_seconds")
+    return float(value if value is not None else os.environ.get("LIVELOOP_FUZZ_SECONDS", 4))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A long fuzz run outlasts the suite's per-test timeout: give it its length and more.
+    for item in items:
+        if item.get_closest_marker("fuzz") is not None:
+            item.add_marker(pytest.mark.timeout(fuzz_seconds(config) + 90))
 
 
 @attrs.frozen

@@ -215,3 +215,32 @@ def test_resp_commands_and_replies() -> None:
     assert replies.feed(b":1\r\n:0") == []
     assert replies.feed(b"\r\n-ERR no\r\n+OK\r\n") == ["ERR no"]
     assert replies.count == 4
+
+
+async def test_match_notice_after_its_rooms_end_is_followed_by_the_end(
+        nursery: trio.Nursery) -> None:
+    """Two nodes' notices are not ordered with each other: when a room's end arrives
+    before its match, the person is told both, in the order they happened."""
+    from liveloop.cluster.node import ClusterMatchmaker
+    from liveloop.config import Settings
+    from liveloop.messages import Matched, RoomEnded
+
+    from .fakes import FakeSocket
+
+    node = ClusterMatchmaker(Settings(redis_url="redis://unused"))
+    node._nursery = nursery
+    socket = FakeSocket("x")
+    node._sockets["x"] = socket
+    here = node.node_id
+
+    def received(notice: wire.Notice) -> None:
+        node._received({"type": "message", "data": wire.encode(notice)})
+
+    received(EndNotice("x", here, "R"))
+    received(match("x", here, 1, "R", "y", "elsewhere", False))
+    got = [socket.receive.receive_nowait().message for _ in range(2)]  # type: ignore[union-attr]
+    assert isinstance(got[0], RoomEnded)  # ignored by a peer not in R yet
+    assert isinstance(got[1], Matched) and got[1].room_id == "R"
+    ended = socket.receive.receive_nowait().message  # type: ignore[union-attr]
+    assert ended == RoomEnded("R", requeue=True)
+    assert got[1].inbox.statistics().open_receive_channels == 0  # the room is closed

@@ -15,6 +15,7 @@ import trio.testing
 from liveloop.config import Settings
 from liveloop.conformance import EchoApp
 from liveloop.server import EngineServer
+from liveloop.server.cors import OriginPolicy
 
 from .asgi import Response, http, websocket
 
@@ -404,3 +405,74 @@ async def test_a_post_waiting_for_a_busy_session_is_released_by_its_close(
     await trio.testing.wait_all_tasks_blocked()
     assert answered[0].status == 200
     assert sid not in engine.sessions
+
+
+class TestCorsAnyOrigin:
+    @pytest.fixture
+    async def engine(self, nursery: trio.Nursery) -> AsyncIterator[EngineServer]:
+        server = EngineServer(Settings(allowed_origins=("*",)), EchoApp)
+        await nursery.start(server.run)
+        yield server
+
+    async def test_star_answers_a_literal_star_without_credentials(
+            self, engine: EngineServer) -> None:
+        response = await http(engine, "GET", PATH, {"EIO": "4", "transport": "polling"},
+                              headers={"origin": "https://anyone.example"})
+        assert response.status == 200
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in response.headers
+
+    async def test_star_preflight(self, engine: EngineServer) -> None:
+        response = await http(engine, "OPTIONS", PATH, {}, headers={
+            "origin": "https://anyone.example", "access-control-request-headers": "x"})
+        assert response.status == 204
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in response.headers
+
+
+@pytest.mark.parametrize("origin, host", [
+    ("https://a", "a:443"), ("https://a", "a"), ("https://a:443", "a"),
+    ("http://a", "a:80"), ("http://a", "a"), ("http://a:8080", "a:8080"),
+    ("HTTPS://A.example", "a.EXAMPLE:443"), ("http://[::1]:3000", "[::1]:3000"),
+    ("https://a/", "a"),
+])
+def test_same_origin_normalises_default_ports_by_the_origin_scheme(
+        origin: str, host: str) -> None:
+    policy = OriginPolicy(())
+    scope = {"headers": [(b"origin", origin.encode()), (b"host", host.encode())]}
+    assert policy.allows(scope)
+    assert policy.headers(scope)[0] == (b"access-control-allow-origin", origin.encode())
+
+
+@pytest.mark.parametrize("origin, host", [
+    ("https://a", "a:80"), ("http://a", "a:443"), ("https://a:8443", "a"),
+    ("https://b", "a"), ("null", "a"), ("file://a", "a"), ("https://a", "a:x"),
+    ("https://a:99999", "a"), ("https://a", "a:99999"), ("https://a/path", "a"),
+    ("https://u@a", "a"), ("https://[::1", "a"), ("a", "a"), ("https://a", ""),
+])
+def test_same_origin_refuses_other_servers_and_garbage(origin: str, host: str) -> None:
+    scope = {"headers": [(b"origin", origin.encode()), (b"host", host.encode())]}
+    assert not OriginPolicy(()).allows(scope)
+    assert OriginPolicy(()).headers(scope) == []
+
+
+async def test_a_send_the_asgi_server_refuses_means_the_peer_is_gone() -> None:
+    """hypercorn raises h11's LocalProtocolError from ``send`` once a client's bytes put
+    its connection in error: that is the peer gone, not a traceback."""
+    from liveloop.server.engine import ASGIWebSocket
+
+    sent: list[object] = []
+
+    async def refusing(message: object) -> None:
+        sent.append(message)
+        raise RuntimeError("Can't send data when our state is ERROR")
+
+    async def never() -> dict[str, object]:
+        raise AssertionError("not read")
+
+    ws = ASGIWebSocket(never, refusing)
+    await ws.accept()
+    assert ws.gone
+    await ws.send_frames(["4a", b"b"])
+    await ws.close(1000)
+    assert sent == [{"type": "websocket.accept"}]  # nothing after the refusal

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -113,3 +115,48 @@ async def test_python_m_liveloop_serve_reads_settings_from_env_and_flags() -> No
             assert opened["maxPayload"] == 4321
         finally:
             process.terminate()
+
+
+async def test_hypercorn_trio_worker_survives_malformed_chunked_bodies() -> None:
+    """hypercorn ends a connection outside its send lock: its 400 for a broken chunked
+    body and the app task's EOF collided (BusyResourceError), which ended the worker."""
+    listener = socket.create_server(("127.0.0.1", 0))  # handed to hypercorn as fd://
+    port = listener.getsockname()[1]
+    chunked = b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    requests = [b"GET /" + chunked,  # Quart's route
+                b"POST /socket.io/?EIO=4&transport=polling&sid=x" + chunked]  # Engine.IO's
+
+    async def attack(count: int) -> None:
+        for i in range(count):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                await stream.send_all(requests[i % 2])
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(65536):
+                        pass
+
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(partial(
+            trio.run_process,
+            [str(BIN / "hypercorn"), "-k", "trio", "--bind", f"fd://{listener.fileno()}",
+             "liveloop.app:app"], check=False, stderr=subprocess.PIPE,
+            pass_fds=(listener.fileno(),),
+        ))
+        listener.close()
+        try:
+            with trio.fail_after(60):
+                async with trio.open_nursery() as attackers:
+                    for _ in range(4):
+                        attackers.start_soon(attack, 250)
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                status, _ = await http_get(stream, "/")
+            assert status == 200
+            assert process.returncode is None
+        finally:
+            process.terminate()
+        assert await process.wait() == 0
+        assert process.stderr is not None
+        log = b""
+        while chunk := await process.stderr.receive_some(65536):
+            log += chunk
+    assert b"Traceback" not in log and b"[ERROR]" not in log, log.decode()[-3000:]

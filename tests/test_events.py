@@ -249,3 +249,122 @@ def test_candidate_size_is_its_json_length(text: str, mid: str | None, index: in
 def test_candidate_size_of_plain_ascii(text: str, index: int | None) -> None:
     candidate = events.IceCandidate(text, "0", index, "abcd")
     assert candidate._json_size() == len(json.dumps(candidate.to_json()))
+
+
+# -- every input has a defined outcome ---------------------------------------------------
+
+# JSON as a client can send it: any scalar, text with any code point (lone surrogates
+# too: JSON's "\ud800" decodes to one), big integers, nested arrays and objects, and
+# bytes (a binary attachment can stand anywhere in a BINARY_EVENT's data).
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(-70000, 70000)
+            | st.floats() | st.text(st.characters(exclude_categories=()), max_size=50)
+            | st.sampled_from(["offer", "answer", "pranswer", "", " ", "Ann", PNG])
+            | st.binary(max_size=20))
+ANY_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=12) | st.sampled_from(
+        ["type", "sdp", "candidate", "name", "_placeholder"]), inner, max_size=4),
+    max_leaves=12,
+)
+
+VALID = {
+    events.REQUEST_ROOM: {"name": "Ann", "roomId": None, "userImage": PNG},
+    events.CALL_OFFER: {"offer": OFFER, "roomId": "r", "remoteSocketId": "s", "name": "A"},
+    events.CALL_ANSWER: {"ans": ANSWER, "roomId": "r", "remoteSocketId": "s", "name": "A"},
+    events.SEND_ICE_CANDIDATES: {"to": "s", "candidate": CANDIDATE},
+    events.STOP_CALL: {"roomId": "r", "remoteSocketId": "s", "name": "A"},
+    events.NEW_MESSAGE: {"message": "hi", "roomId": "r", "remoteSocket": "s"},
+    events.GET_ICE_SERVERS: {},  # no fields: only the whole payload can be wrong
+}
+"""A valid payload of every inbound event, every documented field present."""
+
+
+def _paths(value: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path in ``value``, objects inside objects included."""
+    out: list[tuple[str, ...]] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            out.append((*prefix, key))
+            out.extend(_paths(inner, (*prefix, key)))
+    return out
+
+
+FIELDS = [(event, path) for event, payload in VALID.items() for path in _paths(payload)]
+
+
+def _replaced(payload: Any, path: tuple[str, ...], value: object) -> Any:
+    out = dict(payload)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _replaced(out[path[0]], path[1:], value)
+    return out
+
+
+def test_every_inbound_event_and_field_is_covered() -> None:
+    assert set(VALID) == set(events.INBOUND)
+    for event, payload in VALID.items():
+        assert isinstance(events.parse(event, payload, S), events.INBOUND[event])
+    assert (events.CALL_OFFER, ("offer", "type")) in FIELDS
+
+
+def _outcome(event: str, raw: object) -> None:
+    """``events.parse`` returns its event's payload or raises PayloadError, nothing else."""
+    try:
+        parsed = events.parse(event, raw, S)
+    except PayloadError as error:
+        assert error.code is ErrorCode.INVALID_PAYLOAD and error.message
+    else:
+        assert isinstance(parsed, events.INBOUND[event])
+
+
+@given(st.sampled_from(sorted(events.INBOUND)), ANY_JSON)
+def test_any_value_as_the_whole_payload(event: str, raw: object) -> None:
+    _outcome(event, raw)
+
+
+ABSENT_FIELD = object()
+"""Stands for a field left out."""
+
+
+@given(st.sampled_from(FIELDS), ANY_JSON | st.just(ABSENT_FIELD))
+def test_any_value_in_any_field(field: tuple[str, tuple[str, ...]], value: object) -> None:
+    event, path = field
+    payload = _replaced(VALID[event], path, value)
+    if value is ABSENT_FIELD:
+        parent = payload
+        for key in path[:-1]:
+            parent = parent[key]
+        del parent[path[-1]]
+    _outcome(event, payload)
+
+
+@pytest.mark.parametrize("event, raw", [
+    (events.CALL_OFFER, {"offer": {"type": {}, "sdp": ""}}),
+    (events.CALL_ANSWER, {"ans": {"type": {}, "sdp": ""}}),
+    (events.CALL_OFFER, {"offer": {"type": ["offer"], "sdp": ""}}),
+])
+def test_an_unhashable_description_type_is_invalid_payload(event: str, raw: object) -> None:
+    with pytest.raises(PayloadError, match=r"type must be one of"):
+        events.parse(event, raw, S)
+
+
+@pytest.mark.parametrize("name", [
+    "A\u202en",  # RIGHT-TO-LEFT OVERRIDE (Cf)
+    "A\u200bn",  # ZERO WIDTH SPACE (Cf)
+    "A\ufeffn",  # ZERO WIDTH NO-BREAK SPACE (Cf)
+    "A\ud800n",  # a lone surrogate (Cs)
+    "A\u2028n",  # LINE SEPARATOR (Zl)
+    "A\u2029n",  # PARAGRAPH SEPARATOR (Zp)
+    "A\x85n",  # NEXT LINE (Cc, outside ASCII)
+    "A\x00n", "A\x1bn", "A\x7fn",  # ASCII controls (Cc)
+])
+def test_names_refuse_control_format_surrogate_and_separators(name: str) -> None:
+    message = refused(RequestRoom, {"name": name})
+    assert "control, format or separator" in message
+
+
+@pytest.mark.parametrize("name", ["Zoë", "李小龍", "Ann Lee", "Ω", "😀", "A\u00a0n"])
+def test_names_keep_letters_symbols_and_spaces(name: str) -> None:
+    assert RequestRoom.parse({"name": name}, S).name == name

@@ -1,14 +1,19 @@
-"""The front door's pin on hypercorn: it uses hypercorn's private interfaces, so it runs
-only on the versions it was checked against."""
+"""The front door: its pin on hypercorn (it uses hypercorn's private interfaces, so it
+runs only on the versions it was checked against), and the stream it hands to hypercorn."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
-from liveloop.server.frontdoor import HYPERCORN_VERSIONS
+import pytest
+import trio
+import trio.testing
+
+from liveloop.server.frontdoor import HYPERCORN_VERSIONS, _Replay
 
 
 def _parse(text: str) -> tuple[int, ...]:
@@ -31,3 +36,44 @@ def test_pyproject_pins_hypercorn_to_those_versions() -> None:
     bounds = dict(re.findall(r"(>=|<)([\d.]+)", requirement))
     assert _parse(bounds[">="]) == first
     assert _parse(bounds["<"]) == end
+
+
+def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    one, two = trio.socket.socketpair()
+    return trio.SocketStream(one), trio.SocketStream(two)
+
+
+# -- the hand-off stream's sends ------------------------------------------------------------
+
+
+async def test_an_eof_asked_during_a_write_waits_for_it() -> None:
+    """hypercorn ends a connection (send_eof) outside its send lock, from whichever task
+    finished the exchange: during another task's write, that was BusyResourceError."""
+    server_end, client_end = socket_pair()
+    replay = _Replay(server_end, b"")
+    big = b"x" * (8 << 20)  # more than the kernel takes at once: the write waits
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replay.send_all, big)
+        await trio.testing.wait_all_tasks_blocked()
+        await replay.send_eof()  # during the write: no BusyResourceError
+        received = 0
+        while chunk := await client_end.receive_some(1 << 20):
+            received += len(chunk)
+    assert received == len(big)  # the write went whole, then the EOF came
+    with pytest.raises(trio.ClosedResourceError):
+        await replay.send_all(b"late")  # after the EOF, as hypercorn expects
+
+
+@pytest.mark.parametrize("eof_first", [True, False])
+async def test_a_write_and_an_eof_at_once_never_collide(eof_first: bool) -> None:
+    server_end, client_end = socket_pair()
+    replay = _Replay(server_end, b"")
+
+    async def write() -> None:
+        with contextlib.suppress(trio.ClosedResourceError):  # came after the EOF
+            await replay.send_all(b"data")
+
+    async with trio.open_nursery() as nursery:  # BusyResourceError would surface here
+        for task in (replay.send_eof, write) if eof_first else (write, replay.send_eof):
+            nursery.start_soon(task)
+    assert await client_end.receive_some(10) in (b"", b"data")

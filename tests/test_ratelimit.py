@@ -87,6 +87,18 @@ def test_rate_limits_off() -> None:
         assert limits.check("newMessage") is None
 
 
+def test_ice_servers_ten_per_sliding_minute_apart_from_messages() -> None:
+    limits, clock = limiter(ice_servers_per_minute=3)
+    for _ in range(3):
+        assert limits.check("get-ice-servers") is None
+        clock.now += 10
+    assert limits.check("get-ice-servers") == 30.0
+    assert limits.check("newMessage") is None  # a budget of its own
+    clock.now += 30
+    assert limits.check("get-ice-servers") is None
+    assert Settings().ice_servers_per_minute == 10
+
+
 def test_limits_carry_to_another_clock() -> None:
     """What a recovery record keeps: the counts go on in another process, whose clock
     reads something else entirely."""
@@ -106,15 +118,3 @@ def test_limits_carry_to_another_clock() -> None:
     fresh, _ = limiter()
     fresh.resume(limiter()[0].carry())  # nothing counted travels as nothing
     assert fresh.check("request-room") is None
-
-
-def test_ice_servers_ten_per_sliding_minute_apart_from_messages() -> None:
-    limits, clock = limiter(ice_servers_per_minute=3)
-    for _ in range(3):
-        assert limits.check("get-ice-servers") is None
-        clock.now += 10
-    assert limits.check("get-ice-servers") == 30.0
-    assert limits.check("newMessage") is None  # a budget of its own
-    clock.now += 30
-    assert limits.check("get-ice-servers") is None
-    assert Settings().ice_servers_per_minute == 10

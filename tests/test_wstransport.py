@@ -40,6 +40,8 @@ from liveloop.server import EngineServer, wstransport
 from liveloop.server.frontdoor import Server
 from liveloop.server.session import FLUSH_GRACE, OutFrame, take_all
 
+from .fuzz import Fuzz
+
 PATH = "/engine.io/"
 SETTINGS = Settings(bind="127.0.0.1:0", max_payload=1000, allowed_origins=("*",))
 WS = f"{PATH}?EIO=4&transport=websocket"
@@ -387,3 +389,44 @@ async def test_bytes_pending_before_start_are_sent_by_a_flusher(
                 parts = []
     assert texts == [big, "4after"]  # the outbox, after what was pending
     assert ws.idle
+
+
+# -- protocol violations: that connection alone closes, with the protocol's code ------------
+
+_FRAMES = Fuzz(0)
+
+
+@pytest.mark.parametrize("data, code", [
+    pytest.param(_FRAMES.frame(b"4a", masked=False), 1002, id="unmasked"),
+    pytest.param(_FRAMES.frame(b"4a", rsv=4), 1002, id="rsv-bit"),
+    pytest.param(_FRAMES.frame(b"", opcode=3), 1002, id="unknown-opcode"),
+    pytest.param(_FRAMES.frame(b"4\xff\xfe"), 1007, id="text-not-utf8"),
+    pytest.param(_FRAMES.frame(b"p" * 126, opcode=9), 1002, id="control-over-125"),
+    pytest.param(_FRAMES.frame(b"p", opcode=9, fin=False), 1002, id="fragmented-control"),
+    pytest.param(_FRAMES.frame(b"a", opcode=0), 1002, id="lone-continuation"),
+    pytest.param(_FRAMES.frame(b"4a", fin=False) + _FRAMES.frame(b"4b"), 1002,
+                 id="message-inside-message"),
+    pytest.param(_FRAMES.frame(b"\x03\xe7", opcode=8), 1002, id="close-code-999"),
+    pytest.param(_FRAMES.frame(b"\x03", opcode=8), 1002, id="close-payload-1-byte"),
+    pytest.param(_FRAMES.frame(b"\x03\xe8\xff", opcode=8), 1007, id="close-reason-not-utf8"),
+    pytest.param(_FRAMES.frame(b"", length=2**40), 1009, id="declared-over-max-payload"),
+    pytest.param(_FRAMES.frame(b"x"), 1000, id="not-engine-io"),
+    pytest.param(_FRAMES.frame(b"0"), 1000, id="engine-io-open-from-client"),
+])
+async def test_a_protocol_violation_closes_that_connection_alone(
+        url: str, data: bytes, code: int) -> None:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    victim = Client(await trio.open_tcp_stream(host, int(port)))
+    bystander = Client(await trio.open_tcp_stream(host, int(port)))
+    with trio.fail_after(10):
+        await opened(victim)
+        await opened(bystander)
+        await victim.stream.send_all(data)
+        event = await victim.next()
+        while not isinstance(event, CloseConnection):
+            event = await victim.next()
+        assert event.code == code
+        await bystander.send(TextMessage(data="4still here"))
+        assert await bystander.text() == "4still here"
+    await victim.stream.aclose()
+    await bystander.stream.aclose()

@@ -79,6 +79,10 @@ SCAN_LIMIT = 200
 _BATCH = 64
 """Mailbox messages sent to Redis in one pipeline, at most."""
 
+ENDED_REMEMBERED = 10_000
+"""Ended room ids a node remembers, to recognise a match notice that arrives after its
+room's end notice (from another node); the oldest is forgotten first."""
+
 SWEEP_ROOMS = 16
 """Pairs one sweep (people whose cooldown has ended) makes at most."""
 
@@ -116,6 +120,7 @@ class ClusterMatchmaker:
         self._sockets: dict[str, Socket] = {}
         self._queued_at: dict[str, float] = {}  # for the time-to-match metric
         self._rooms: dict[str, _LocalRoom] = {}
+        self._ended_rooms: dict[str, None] = {}  # recently ended, oldest first
         self._snapshot = Snapshot()
         self._nursery: trio.Nursery | None = None
         self._client: Any = None
@@ -244,7 +249,7 @@ class ClusterMatchmaker:
         room that ends stops taking Hangups here at once."""
         for notice in notices:
             if isinstance(notice, EndNotice):
-                self._close_room(notice.room_id)
+                self._ended(notice.room_id)
             if notice.node == self.node_id:
                 self._apply_here(notice)
             else:
@@ -267,13 +272,21 @@ class ClusterMatchmaker:
                 partner = RemoteSocket(notice.partner, notice.partner_node, self._publish)
             if room is None or partner is None:
                 return
-            since = self._queued_at.pop(notice.sid, None)
-            if since is not None:
-                self._metrics.matched(trio.current_time() - since)
             socket.post(Matched(notice.ticket, notice.room_id, room.send,
                                 partner=Member(notice.partner, notice.partner_name,
                                                notice.partner_image, partner),
                                 initiator=notice.initiator))
+            if notice.room_id in self._ended_rooms:
+                # Its end came first (two nodes' notices are not ordered with each other,
+                # e.g. a sweep's match and the partner's node's end): tell the end too,
+                # after the match, as it happened, and let the room go.
+                self._close_room(notice.room_id)
+                socket.post(RoomEnded(notice.room_id,
+                                      requeue=self._settings.requeue_partner))
+                return
+            since = self._queued_at.pop(notice.sid, None)
+            if since is not None:
+                self._metrics.matched(trio.current_time() - since)
 
     def _open_room(self, room_id: str) -> _LocalRoom | None:
         room = self._rooms.get(room_id)
@@ -281,6 +294,13 @@ class ClusterMatchmaker:
             room = self._rooms[room_id] = _LocalRoom(room_id)
             self._nursery.start_soon(self._run_room, room)
         return room
+
+    def _ended(self, room_id: str) -> None:
+        """``room_id`` has ended: close it here, and remember it for a while."""
+        self._close_room(room_id)
+        self._ended_rooms[room_id] = None
+        if len(self._ended_rooms) > ENDED_REMEMBERED:
+            del self._ended_rooms[next(iter(self._ended_rooms))]
 
     def _close_room(self, room_id: str) -> None:
         room = self._rooms.pop(room_id, None)
@@ -411,7 +431,7 @@ class ClusterMatchmaker:
             log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
             return
         if isinstance(notice, EndNotice):
-            self._close_room(notice.room_id)
+            self._ended(notice.room_id)
         self._apply_here(notice)
 
     async def _register(self) -> None:
@@ -476,7 +496,7 @@ class ClusterMatchmaker:
         for room_id in list(self._rooms):
             self._close_room(room_id)
         for socket in sockets.values():
-            socket.disconnect()
+            socket.drop()  # the transport closes: the official client reconnects by itself
 
     # -- status ---------------------------------------------------------------------------
 

@@ -76,4 +76,4 @@ class RemoteSocket:
         """Never used: a node disconnects only its own clients."""
 
     def drop(self) -> None:
-        """Never used: a node drops (drains) only its own clients."""
+        """Never used: a node drops only its own clients."""

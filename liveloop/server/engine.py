@@ -477,25 +477,46 @@ class DirectWebSocket(WebSocket, DirectWriter, Protocol):
 
 class ASGIWebSocket:
     """:class:`WebSocket` over an ASGI server's ``receive`` / ``send``, after
-    ``websocket.connect``."""
+    ``websocket.connect``.
+
+    A send the server refuses (hypercorn raises h11's ``LocalProtocolError`` once the
+    client's bytes have put the connection in error, or a stream error once it is gone)
+    means the peer is gone: it is logged at DEBUG and later sends do nothing, as the
+    :class:`WebSocket` protocol promises; the reader sees the disconnect.
+    """
 
     def __init__(self, receive: Receive, send: Send, scope: Scope | None = None) -> None:
         self._receive = receive
         self._send = send
         self._responses = "websocket.http.response" in (scope or {}).get("extensions", {})
         """The server can answer the handshake with an HTTP response of ours."""
+        self._gone = False
+
+    async def _put(self, message: dict[str, object]) -> None:
+        if self._gone:
+            return
+        try:
+            await self._send(message)
+        except Exception as exc:
+            self._gone = True
+            log.debug("WebSocket send refused: %r", exc)
+
+    @property
+    def gone(self) -> bool:
+        """Whether the server has refused a send."""
+        return self._gone
 
     async def accept(self) -> None:
-        await self._send({"type": "websocket.accept"})
+        await self._put({"type": "websocket.accept"})
 
     async def refuse(self, status: int = 403, headers: Headers | None = None) -> None:
         if status == 403 or not self._responses:
             # The server refuses it itself (hypercorn: 403).
-            await self._send({"type": "websocket.close", "code": 1008})
+            await self._put({"type": "websocket.close", "code": 1008})
             return
-        await self._send({"type": "websocket.http.response.start", "status": status,
-                          "headers": [*(headers or ()), (b"content-length", b"0")]})
-        await self._send({"type": "websocket.http.response.body", "body": b""})
+        await self._put({"type": "websocket.http.response.start", "status": status,
+                         "headers": [*(headers or ()), (b"content-length", b"0")]})
+        await self._put({"type": "websocket.http.response.body", "body": b""})
 
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
@@ -507,15 +528,14 @@ class ASGIWebSocket:
         return bytes(message.get("bytes") or b"")
 
     async def send_frames(self, frames: Sequence[OutFrame]) -> None:
-        send = self._send
         for frame in frames:
             if isinstance(frame, str):
-                await send({"type": "websocket.send", "text": frame})
+                await self._put({"type": "websocket.send", "text": frame})
             else:
-                await send({"type": "websocket.send", "bytes": frame})
+                await self._put({"type": "websocket.send", "bytes": frame})
 
     async def close(self, code: int) -> None:
-        await self._send({"type": "websocket.close", "code": code})
+        await self._put({"type": "websocket.close", "code": code})
 
 
 async def _websocket_writer(session: EngineSession, ws: WebSocket,
@@ -531,6 +551,9 @@ async def _websocket_writer(session: EngineSession, ws: WebSocket,
                 except trio.EndOfChannel:
                     break
                 await ws.send_frames(frames)
+                if isinstance(ws, ASGIWebSocket) and ws.gone:
+                    session.close("transport error")
+                    return
             await ws.close(1000)
         except Exception as exc:  # the server refuses sends once the peer left
             if not session.closed:

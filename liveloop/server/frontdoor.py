@@ -25,6 +25,7 @@ listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -316,11 +317,22 @@ def _upgrade(http: h11.Connection, event: object, engines: _Engines
 
 
 class _Replay(trio.abc.HalfCloseableStream):
-    """A connection handed to hypercorn: reads first return the bytes already taken."""
+    """A connection handed to hypercorn: reads first return the bytes already taken.
+
+    It also keeps hypercorn's sends from colliding. hypercorn's ``TCPServer`` sends
+    under a lock, but ends the connection (``send_eof``) outside it, from whichever
+    task finished the exchange; on a malformed or pipelined request, that can be while
+    the other task is writing the 400, and Trio's stream refuses the second sender with
+    ``BusyResourceError`` ("Error in ASGI Framework"). Here an EOF asked for during a
+    write is made when that write ends, and an EOF is made without yielding, so no
+    write can start inside it.
+    """
 
     def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
         self._stream = stream
         self._head = head
+        self._sending = False
+        self._eof_asked = False
         self.socket = getattr(stream, "socket", None)
         """hypercorn's TCPServer asks the socket for the peer's address."""
 
@@ -334,14 +346,38 @@ class _Replay(trio.abc.HalfCloseableStream):
         return head[:size]
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        self._sending = True
+        try:
+            await self._stream.send_all(data)
+        finally:
+            self._sending = False
+            if self._eof_asked:
+                self._shut_write()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
+        if not isinstance(self._stream, trio.SocketStream):
+            # TLS has no half-close. No checkpoint either: hypercorn calls this on its way
+            # to aclose, in a scope that may be cancelled, and the close must happen.
+            return
+        await trio.lowlevel.checkpoint()
+        if self._sending:
+            self._eof_asked = True  # made by the write in progress, once it ends
+        else:
+            self._shut_write()
+
+    def _shut_write(self) -> None:
+        """End our half of the connection now; a later write fails as after the
+        stream's own EOF (``ClosedResourceError``), which hypercorn expects."""
+        self._eof_asked = False
+        assert isinstance(self._stream, trio.SocketStream)  # send_eof skips TLS
+        sock = self._stream.socket
+        if sock.did_shutdown_SHUT_WR or sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):  # the peer has gone already
+            sock.shutdown(trio.socket.SHUT_WR)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
