@@ -190,6 +190,18 @@ class Settings:
         default=5.0, metadata={"help": "seconds until a silent node is declared lost"}
     )
 
+    # Connection state recovery (docs/recovery.md)
+    recovery_window: float = attrs.field(
+        default=20.0,
+        metadata={"help": "seconds a lost connection's session waits for its client; 0: off"},
+    )
+    recovery_packets: int = attrs.field(
+        default=256, metadata={"help": "events kept per client for a replay"}
+    )
+    recovery_bytes: int = attrs.field(
+        default=262_144, metadata={"help": "bytes of events kept per client for a replay"}
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build the settings from ``LIVELOOP_*`` variables; ``overrides`` win over them."""
@@ -227,7 +239,8 @@ class Settings:
         return attrs.evolve(self, ping_interval=0.3, ping_timeout=0.2, max_payload=1_000_000,
                             allowed_origins=("*",),  # type: ignore[arg-type]
                             # The suites handshake hundreds of times from one address.
-                            handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000)
+                            handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000,
+                            recovery_window=0.0)
 
 
 def _convert(field: attrs.Attribute[Any], raw: str) -> Any:

@@ -56,6 +56,9 @@ class _Handler:
         if message is DRAIN:
             self._socket.drop()
 
+    async def on_recover(self) -> None:
+        pass
+
     async def on_disconnect(self, reason: str) -> None:
         pass
 

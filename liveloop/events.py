@@ -42,6 +42,9 @@ MESSAGE_RECEIVED = "Message:recived"  # sic: the seed's wire name
 MAX_ID = 128
 """Longest room or socket id accepted in a target field; the server's own are shorter."""
 
+MAX_EVENT_ID = 64
+"""Longest client-made event ``id`` (``newMessage``, offer, answer): it names a retry."""
+
 _REFUSED_IN_NAMES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 """Unicode categories a name may not hold: control, format (bidi overrides, zero-width
 characters), lone surrogates, line and paragraph separators. Each can make a name shown
@@ -236,6 +239,7 @@ class CallOffer:
     room_id: str | None = None
     remote_socket_id: str | None = None
     name: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -244,6 +248,7 @@ class CallOffer:
         return cls(
             SessionDescription.parse(fields.get("offer"), "offer", _OFFER_TYPES, settings),
             *_negotiation_targets(fields, settings),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -259,6 +264,7 @@ class CallAnswer:
     room_id: str | None = None
     remote_socket_id: str | None = None
     name: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -267,6 +273,7 @@ class CallAnswer:
         return cls(
             SessionDescription.parse(fields.get("ans"), "ans", _ANSWER_TYPES, settings),
             *_negotiation_targets(fields, settings),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -332,6 +339,7 @@ class NewMessage:
     message: str
     room_id: str | None = None
     remote_socket: str | None = None
+    id: str | None = None
 
     @classmethod
     def parse(cls, raw: object, settings: Settings) -> Self:
@@ -344,6 +352,7 @@ class NewMessage:
             message=message,
             room_id=_optional_text(fields, "roomId", MAX_ID),
             remote_socket=_optional_text(fields, "remoteSocket", MAX_ID),
+            id=_optional_text(fields, "id", MAX_EVENT_ID),
         )
 
     @property
@@ -405,21 +414,28 @@ def match_done(*, room_id: str, partner_sid: str, partner_name: str, partner_ima
     }
 
 
+def _with_id(payload: dict[str, Any], event_id: str | None) -> dict[str, Any]:
+    # The sender's event id travels on, so that a receiver can drop a repeat too.
+    if event_id is not None:
+        payload["id"] = event_id
+    return payload
+
+
 def offer_relayed(*, room_id: str, sender_sid: str, sender_name: str,
-                  offer: SessionDescription) -> dict[str, Any]:
+                  offer: SessionDescription, event_id: str | None = None) -> dict[str, Any]:
     """``negotiation-call-offer`` as the partner receives it."""
-    return {
+    return _with_id({
         "remoteUserDetails": {"socket": sender_sid, "userName": sender_name},
         "roomId": room_id,
         "offer": offer.to_json(),
-    }
+    }, event_id)
 
 
 def answer_relayed(*, room_id: str, sender_sid: str, sender_name: str,
-                   ans: SessionDescription) -> dict[str, Any]:
+                   ans: SessionDescription, event_id: str | None = None) -> dict[str, Any]:
     """``negotiation-call-answer`` as the partner receives it."""
-    return {"ans": ans.to_json(), "roomId": room_id, "name": sender_name,
-            "remoteSocketId": sender_sid}
+    return _with_id({"ans": ans.to_json(), "roomId": room_id, "name": sender_name,
+                     "remoteSocketId": sender_sid}, event_id)
 
 
 def candidate_relayed(candidate: IceCandidate | None) -> dict[str, Any]:
@@ -427,6 +443,7 @@ def candidate_relayed(candidate: IceCandidate | None) -> dict[str, Any]:
     return {"candidate": None if candidate is None else candidate.to_json()}
 
 
-def message_relayed(*, sender_sid: str, message: str) -> dict[str, Any]:
-    """``Message:recived``: ``{from, message}``, to both members."""
-    return {"from": sender_sid, "message": message}
+def message_relayed(*, sender_sid: str, message: str, event_id: str | None = None
+                    ) -> dict[str, Any]:
+    """``Message:recived``: ``{from, message}`` (and the sender's ``id``), to both."""
+    return _with_id({"from": sender_sid, "message": message}, event_id)

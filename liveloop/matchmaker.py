@@ -31,6 +31,7 @@ from .messages import (
     Matched,
     MatchmakerMessage,
     Refused,
+    Returned,
     RoomClosed,
     RoomMessage,
     Withdraw,
@@ -69,6 +70,7 @@ class Matchmaker:
             cooldown=settings.pair_cooldown,
             new_room_id=new_room_id,
             alive=lambda request: request.member.socket.connected,
+            present=lambda request: request.member.socket.present,
         )
         self._room_inboxes: dict[str, trio.MemorySendChannel[RoomMessage]] = {}
         self._snapshot = Snapshot()
@@ -119,6 +121,8 @@ class Matchmaker:
                 message.member.socket.post(Refused(
                     message.ticket, ErrorCode.QUEUE_FULL,
                     "the queue is full, try again later"))
+        elif isinstance(message, Returned):
+            pass  # the pairing pass that follows every batch now sees them present
         elif isinstance(message, Avoid):
             self._lobby.avoid(message.first, message.second, trio.current_time())
         elif isinstance(message, Withdraw):

@@ -4,7 +4,7 @@ Who sends what, and through which channel:
 
 - connection -> matchmaker (``await send`` on the matchmaker's bounded mailbox: a full
   mailbox slows down that connection only): :class:`Enqueue`, :class:`Avoid`,
-  :class:`Withdraw`; a room's end -> matchmaker: :class:`RoomClosed`.
+  :class:`Withdraw`, :class:`Returned`; a room's end -> matchmaker: :class:`RoomClosed`.
 - connection or matchmaker -> room (``await send`` on the room's bounded inbox; a room
   never blocks, so the inbox drains at CPU speed; once the room has ended the send fails
   at once and the sender drops the message): :class:`Hangup`.
@@ -82,7 +82,14 @@ class RoomClosed:
     room_id: str
 
 
-MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed
+@attrs.frozen
+class Returned:
+    """``sid``, queued, is back after a lost connection: pair them if someone waits."""
+
+    sid: str
+
+
+MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned
 
 
 # -- to a room -------------------------------------------------------------------------

@@ -55,12 +55,16 @@ class Lobby(Generic[E]):
         cooldown: float,
         new_room_id: Callable[[], str],
         alive: Callable[[E], bool] = lambda entry: True,
+        present: Callable[[E], bool] = lambda entry: True,
     ) -> None:
-        """``alive`` tells whether an entry can still be paired (a connected socket)."""
+        """``alive`` tells whether an entry can still be paired (a connected socket);
+        ``present`` whether it can be paired now (an alive entry that is not present, a
+        person whose connection is recovering, keeps its place and is skipped)."""
         self._max_queue = max_queue
         self._cooldown = cooldown
         self._new_room_id = new_room_id
         self._alive = alive
+        self._present = present
         self._queue: dict[str, E] = {}  # insertion order is arrival order
         self._rooms: dict[str, tuple[str, str]] = {}
         self._placed: dict[str, str] = {}
@@ -155,7 +159,8 @@ class Lobby(Generic[E]):
             del self._queue[sid]
         pairings: list[Pairing[E]] = []
         wake = math.inf
-        order = list(self._queue)
+        present = self._present
+        order = [sid for sid, entry in self._queue.items() if present(entry)]
         taken: set[str] = set()
         for i, first in enumerate(order):
             if first in taken:

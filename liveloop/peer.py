@@ -38,7 +38,7 @@ from .errors import (
     error_event,
     ok_ack,
 )
-from .events import GetIceServers, NewMessage, RequestRoom, StopCall
+from .events import GetIceServers, NewMessage, RequestRoom, SendIceCandidates, StopCall
 from .ice import IceServers, new_connection_id
 from .messages import (
     Avoid,
@@ -50,6 +50,7 @@ from .messages import (
     MatchmakerMessage,
     Member,
     Refused,
+    Returned,
     RoomEnded,
     RoomMessage,
     Withdraw,
@@ -61,6 +62,10 @@ from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
 
 log = logging.getLogger(__name__)
+
+SEEN_IDS = 128
+"""Event ids remembered per connection to drop a client's retries: a retry comes within
+the client's ack timeout times its retries, far fewer events than this later."""
 
 HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
@@ -105,6 +110,9 @@ class Peer:
         # Numbers this peer's requests to the matchmaker, so that an answer to a request
         # withdrawn since (stop-call while queued) is recognised and ignored.
         self._ticket = 0
+        # The last SEEN_IDS event ids relayed (insertion order is age); made at the
+        # first id, as most clients of the seed's API send none.
+        self._seen: dict[str, None] | None = None
         self._draining = False
         """The server drains: this peer's connection closes as soon as it is not in a call."""
         self._ice = ice
@@ -175,6 +183,12 @@ class Peer:
         others' closes, and their client reconnects (to another node) by itself."""
         if self._draining and self._phase is not Phase.IN_ROOM:
             self._socket.drop()
+
+    async def on_recover(self) -> None:
+        """Back after a lost connection, with the same state: a queued peer, skipped by
+        the matchmaker while away, asks it to look again."""
+        if self._phase is Phase.QUEUED:
+            await self._tell_matchmaker(Returned(self._sid))
 
     async def on_disconnect(self, reason: str) -> None:
         """Leave the queue or the room, whatever state the matchmaker believes we are in."""
@@ -247,7 +261,20 @@ class Peer:
         else:
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
 
+    def _remember(self, event_id: str) -> None:
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
+        seen[event_id] = None
+        if len(seen) > SEEN_IDS:
+            del seen[next(iter(seen))]
+
     async def _relay(self, payload: events.Relayed) -> None:
+        event_id: str | None = None
+        if not isinstance(payload, SendIceCandidates):  # candidates repeat harmlessly
+            event_id = payload.id
+            if event_id is not None and self._seen is not None and event_id in self._seen:
+                return  # a client's retry of an event already relayed: ack it ok again
         call = self._check_target(payload.room_id, payload.target)
         retry_after = self._relays.take()
         if retry_after is not None:
@@ -272,6 +299,8 @@ class Peer:
             # Our own copy through our mailbox: it follows this event's ack, as the
             # partner's does.
             self._socket.post(deliver)
+        if event_id is not None:
+            self._remember(event_id)
 
     # -- server messages ---------------------------------------------------------------
 

@@ -88,15 +88,16 @@ def relayed(event: Relayed, room_id: str, sender: Member) -> Deliver:
     if isinstance(event, CallOffer):
         return Deliver(room_id, events.CALL_OFFER, events.offer_relayed(
             room_id=room_id, sender_sid=sender.sid, sender_name=sender.name,
-            offer=event.offer))
+            offer=event.offer, event_id=event.id))
     if isinstance(event, CallAnswer):
         return Deliver(room_id, events.CALL_ANSWER, events.answer_relayed(
             room_id=room_id, sender_sid=sender.sid, sender_name=sender.name,
-            ans=event.ans))
+            ans=event.ans, event_id=event.id))
     if isinstance(event, SendIceCandidates):
         return Deliver(room_id, events.NEW_ICE_CANDIDATES,
                        events.candidate_relayed(event.candidate))
     assert isinstance(event, NewMessage)
     # The seed: both users receive Message:recived, the sender as confirmation.
     return Deliver(room_id, events.MESSAGE_RECEIVED,
-                   events.message_relayed(sender_sid=sender.sid, message=event.message))
+                   events.message_relayed(sender_sid=sender.sid, message=event.message,
+                                          event_id=event.id))

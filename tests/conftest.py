@@ -66,7 +66,15 @@ class Variant:
     transports: tuple[str, ...] | None
 
     def opts(self) -> dict[str, Any]:
-        return {} if self.transports is None else {"transports": list(self.transports)}
+        opts: dict[str, Any] = {}
+        if self.transports is not None:
+            opts["transports"] = list(self.transports)
+        if self.kind == "python":
+            # python-socketio cannot recover a connection: it opts out, as docs/recovery.md
+            # tells its users to (else its events carry offsets, and a transport close
+            # that overtakes its DISCONNECT leaves its session waiting for the window).
+            opts["auth"] = {"recovery": False}
+        return opts
 
     @property
     def starts_with_polling(self) -> bool:
@@ -137,6 +145,18 @@ async def http_get(url: str, path: str) -> Response:
     return Response(response.status_code, headers, bytes(body))
 
 
+def split_offset(line: dict[str, Any]) -> dict[str, Any]:
+    """An event line with its recovery offset (a trailing decimal string, which no Live
+    Loop payload is) moved from ``args`` to ``offset`` (None when it had none)."""
+    if line.get("type") == "event" and "offset" not in line:
+        args = line.get("args") or []
+        if args and isinstance(args[-1], str) and args[-1].isdigit():
+            line = {**line, "args": args[:-1], "offset": args[-1]}
+        else:
+            line = {**line, "offset": None}
+    return line
+
+
 class Sock:
     """One named socket of a driver process, with the log of all it received.
 
@@ -167,7 +187,7 @@ class Sock:
         return acked[0]
 
     async def _line(self) -> dict[str, Any]:
-        line = await self.client.next(socket=self.name)
+        line = split_offset(await self.client.next(socket=self.name))
         self.log.append(line)
         return line
 
@@ -200,7 +220,7 @@ class Sock:
     def unread(self) -> list[dict[str, Any]]:
         """Lines received but not waited for (including any already buffered)."""
         lines = self.client.drain()  # every socket's lines received so far
-        mine = [line for line in lines if line.get("socket") == self.name]
+        mine = [split_offset(line) for line in lines if line.get("socket") == self.name]
         # hand the other sockets' lines back, in order, for their own waits
         self.client._pending.extend(line for line in lines if line.get("socket") != self.name)
         self.log.extend(mine)

@@ -82,6 +82,10 @@ class FakeSocket:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def present(self) -> bool:
+        return self._connected
+
     def emit(self, event: str, *args: JSON) -> None:
         if self._connected:
             self.emitted.append((event, list(args)))

@@ -55,6 +55,9 @@ class _Handler:
         self.recorder.posts.append(message)
         self.socket.emit("posted", str(message))
 
+    async def on_recover(self) -> None:
+        pass
+
     async def on_disconnect(self, reason: str) -> None:
         self.recorder.disconnects.append(reason)
 
@@ -66,7 +69,8 @@ def recorder() -> Recorder:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, recorder: Recorder) -> AsyncIterator[EngineServer]:
-    engine = socketio_server(Settings(max_payload=10_000), {"/": recorder, "/admin": recorder})
+    engine = socketio_server(Settings(max_payload=10_000, recovery_window=0.0),
+                            {"/": recorder, "/admin": recorder})
     await nursery.start(engine.run)
     yield engine
 

@@ -27,6 +27,11 @@ scenarios:
   slowhead  --clients TCP connections that never finish their request head, held
          --duration seconds (start the server with --header-timeout above that and
          --max-connections-per-ip above --clients): server memory per connection
+  cuts   --clients / 2 pairs; one side of each goes through a proxy run by the bench that
+         resets its connections every --cut-every seconds; ICE to it at --rate per second,
+         chat from it (with ids, retried until acked) at --rate / 5: delivered,
+         duplicated and lost relays each way, reconnections and how many recovered
+         (runs in this process; --workers is ignored)
 """
 
 
@@ -42,7 +47,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="load-test a running server", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=("relay", "churn", "idle", "slowhead"))
+    parser.add_argument("scenario", choices=("relay", "churn", "idle", "slowhead", "cuts"))
     parser.add_argument("--url", required=True,
                         help="the server, e.g. http://127.0.0.1:8000; several, comma-"
                              "separated, are used in turn (nodes sharing Redis)")
@@ -67,6 +72,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="relay: seconds to wait for the last messages (default 5)")
     parser.add_argument("--churn-mode", choices=("stop", "next", "mix"), default="mix",
                         help="churn: how the initiator ends a call (default mix)")
+    parser.add_argument("--cut-every", type=float, default=3.0,
+                        help="cuts: seconds between two cuts of every proxied connection"
+                             " (default 3)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress line on stderr")
@@ -89,6 +97,15 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def main(args: argparse.Namespace) -> int:
     """Run the bench; print the table (or JSON). 0 on success, 1 if the bench failed,
     3 if the server rate-limited the load."""
+    if args.scenario == "cuts":
+        import trio
+
+        from .cuts import format_cuts, run_cuts
+
+        cuts = trio.run(run_cuts, args.url, max(1, args.clients // 2), args.rate,
+                        args.duration, args.cut_every, args.grace)
+        print(json.dumps(cuts, indent=2) if args.json else format_cuts(cuts))
+        return 0
     config = config_from_args(args)
     try:
         report = run(config)

@@ -21,7 +21,14 @@ from .api import (
     open_client,
     parse_event,
 )
-from .socketio import ConnectRefused, Disconnected, Event, SocketIOClient, open_socketio
+from .socketio import (
+    ConnectRefused,
+    Disconnected,
+    Event,
+    RecoveryState,
+    SocketIOClient,
+    open_socketio,
+)
 
 __all__ = [
     "Ack",
@@ -37,6 +44,7 @@ __all__ = [
     "Match",
     "OfferReceived",
     "OtherEvent",
+    "RecoveryState",
     "RemoteStopped",
     "RequestRefused",
     "ServerError",

@@ -14,6 +14,8 @@ from it; the server checks them, and relays only to the partner it knows anyway.
 from __future__ import annotations
 
 import collections
+import itertools
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar, overload
@@ -33,7 +35,7 @@ from ..events import (
     STOP_BY_REMOTE_USER,
     STOP_CALL,
 )
-from .socketio import Disconnected, Event, SocketIOClient, open_socketio
+from .socketio import Disconnected, Event, RecoveryState, SocketIOClient, open_socketio
 
 __all__ = [
     "Ack",
@@ -75,6 +77,9 @@ class OfferReceived:
     remote_socket_id: str
     remote_name: str
     offer: Mapping[str, Any]
+    id: str | None = attrs.field(default=None, eq=False)
+    """The sender's event id: a repeat of one already received is a retry (not part of
+    equality: two events with the same content are equal)."""
 
 
 @attrs.frozen(slots=True)
@@ -85,6 +90,7 @@ class AnswerReceived:
     remote_socket_id: str
     remote_name: str
     answer: Mapping[str, Any]
+    id: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen(slots=True)
@@ -106,6 +112,9 @@ class ChatMessage:
 
     sender: str
     message: str
+    id: str | None = attrs.field(default=None, eq=False)
+    """The sender's event id: a repeat of one already received is a retry (not part of
+    equality: two events with the same content are equal)."""
 
 
 @attrs.frozen(slots=True)
@@ -199,6 +208,11 @@ def _text(raw: object) -> str:
     return raw if isinstance(raw, str) else ""
 
 
+def _event_id(payload: Mapping[str, Any]) -> str | None:
+    value = payload.get("id")
+    return value if isinstance(value, str) else None
+
+
 def parse_event(event: Event) -> LiveLoopEvent:
     """The typed form of one server event. Never raises: what is not understood comes
     back as :class:`OtherEvent`."""
@@ -213,7 +227,8 @@ def parse_event(event: Event) -> LiveLoopEvent:
         return _STOPPED
     elif name == MESSAGE_RECEIVED:
         if isinstance(payload, dict) and isinstance(payload.get("message"), str):
-            return ChatMessage(_text(payload.get("from")), payload["message"])
+            return ChatMessage(_text(payload.get("from")), payload["message"],
+                               _event_id(payload))
     elif name == MATCH_DONE:
         if isinstance(payload, dict):
             details = payload.get("remoteUserDetails")
@@ -226,12 +241,14 @@ def parse_event(event: Event) -> LiveLoopEvent:
             details = payload.get("remoteUserDetails")
             details = details if isinstance(details, dict) else {}
             return OfferReceived(_text(payload.get("roomId")), _text(details.get("socket")),
-                                 _text(details.get("userName")), payload["offer"])
+                                 _text(details.get("userName")), payload["offer"],
+                                 _event_id(payload))
     elif name == CALL_ANSWER:
         if isinstance(payload, dict) and isinstance(payload.get("ans"), dict):
             return AnswerReceived(_text(payload.get("roomId")),
                                   _text(payload.get("remoteSocketId")),
-                                  _text(payload.get("name")), payload["ans"])
+                                  _text(payload.get("name")), payload["ans"],
+                                  _event_id(payload))
     elif name == ERROR_EVENT and isinstance(payload, dict):
         retry = payload.get("retryAfter")
         return ServerError(_code(payload.get("code")), _text(payload.get("message")),
@@ -251,12 +268,34 @@ class LiveLoopClient:
     read that stream).
     """
 
-    def __init__(self, sio: SocketIOClient, max_held: int = 256) -> None:
+    def __init__(self, sio: SocketIOClient, max_held: int = 256,
+                 previous: LiveLoopClient | None = None) -> None:
         self._sio = sio
         self._held: collections.deque[LiveLoopEvent] = collections.deque(maxlen=max_held)
         self._match: Match | None = None
         self._name = ""
         self._image = ""
+        # Event ids: unique per connection, and kept across a recovery so that a retry
+        # on the new connection carries the id the server has seen.
+        self._id_prefix = secrets.token_urlsafe(6)
+        self._ids = itertools.count(1)
+        if previous is not None and sio.recovered:
+            # The same session on the server: the same call, and what was not read yet.
+            self._held.extend(previous._held)
+            self._match, self._name, self._image = (previous._match, previous._name,
+                                                    previous._image)
+            self._id_prefix, self._ids = previous._id_prefix, previous._ids
+
+    @property
+    def recovered(self) -> bool:
+        """Whether this connection recovered the previous one's session (same socket
+        id, same queue place or call, and the events missed meanwhile)."""
+        return self._sio.recovered
+
+    def new_event_id(self) -> str:
+        """A fresh event ``id`` for ``newMessage``, offer or answer (the server drops a
+        repeat, so resending an event with its id after a lost ack is harmless)."""
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     @property
     def sio(self) -> SocketIOClient:
@@ -307,30 +346,33 @@ class LiveLoopClient:
 
     @overload
     async def send_offer(self, offer: str | Mapping[str, Any], *,
-                         ack: Literal[True] = ...) -> Ack: ...
+                         ack: Literal[True] = ..., id: str | None = None) -> Ack: ...
     @overload
     async def send_offer(self, offer: str | Mapping[str, Any], *,
-                         ack: Literal[False]) -> None: ...
-    async def send_offer(self, offer: str | Mapping[str, Any], *, ack: bool = True
-                         ) -> Ack | None:
+                         ack: Literal[False], id: str | None = None) -> None: ...
+    async def send_offer(self, offer: str | Mapping[str, Any], *, ack: bool = True,
+                         id: str | None = None) -> Ack | None:
         """``negotiation-call-offer`` to the partner; ``offer`` is the SDP text or an
-        ``RTCSessionDescriptionInit``. With ``ack=False`` it returns once sent."""
+        ``RTCSessionDescriptionInit``. With ``ack=False`` it returns once sent. ``id``
+        (default: a new one) names the event; resend with the same ``id`` to retry."""
         description = {"type": "offer", "sdp": offer} if isinstance(offer, str) else offer
-        payload = self._targeted({"offer": description}, "remoteSocketId")
+        payload = self._targeted({"offer": description, "id": id or self.new_event_id()},
+                                 "remoteSocketId")
         return await self._request(CALL_OFFER, payload, ack)
 
     @overload
     async def send_answer(self, answer: str | Mapping[str, Any], *,
-                          ack: Literal[True] = ...) -> Ack: ...
+                          ack: Literal[True] = ..., id: str | None = None) -> Ack: ...
     @overload
     async def send_answer(self, answer: str | Mapping[str, Any], *,
-                          ack: Literal[False]) -> None: ...
-    async def send_answer(self, answer: str | Mapping[str, Any], *, ack: bool = True
-                          ) -> Ack | None:
+                          ack: Literal[False], id: str | None = None) -> None: ...
+    async def send_answer(self, answer: str | Mapping[str, Any], *, ack: bool = True,
+                          id: str | None = None) -> Ack | None:
         """``negotiation-call-answer`` to the partner; ``answer`` is the SDP text or an
-        ``RTCSessionDescriptionInit``."""
+        ``RTCSessionDescriptionInit``. ``id`` as for :meth:`send_offer`."""
         description = {"type": "answer", "sdp": answer} if isinstance(answer, str) else answer
-        payload = self._targeted({"ans": description}, "remoteSocketId")
+        payload = self._targeted({"ans": description, "id": id or self.new_event_id()},
+                                 "remoteSocketId")
         return await self._request(CALL_ANSWER, payload, ack)
 
     @overload
@@ -351,14 +393,17 @@ class LiveLoopClient:
         return await self._request(SEND_ICE_CANDIDATES, payload, ack)
 
     @overload
-    async def send_message(self, text: str, *, ack: Literal[True] = ...) -> Ack: ...
+    async def send_message(self, text: str, *, ack: Literal[True] = ...,
+                           id: str | None = None) -> Ack: ...
     @overload
-    async def send_message(self, text: str, *, ack: Literal[False]) -> None: ...
-    async def send_message(self, text: str, *, ack: bool = True) -> Ack | None:
+    async def send_message(self, text: str, *, ack: Literal[False],
+                           id: str | None = None) -> None: ...
+    async def send_message(self, text: str, *, ack: bool = True, id: str | None = None
+                           ) -> Ack | None:
         """``newMessage``: a chat line; both members (this client too) receive it as a
-        :class:`ChatMessage`."""
+        :class:`ChatMessage`. ``id`` as for :meth:`send_offer`."""
         current = self._match
-        payload: dict[str, Any] = {"message": text}
+        payload: dict[str, Any] = {"message": text, "id": id or self.new_event_id()}
         if current is not None:
             payload["roomId"] = current.room_id
             payload["remoteSocket"] = current.remote_socket_id
@@ -439,11 +484,18 @@ async def open_client(
     path: str = "/socket.io/",
     max_events: int = 256,
     disconnect_timeout: float = 5.0,
+    previous: LiveLoopClient | None = None,
 ) -> AsyncIterator[LiveLoopClient]:
     """Connect a :class:`LiveLoopClient` to the Live Loop server at ``url``
     (``http://host:port``); see :func:`~liveloop.client.socketio.open_socketio` for what
     entering and leaving the block promise. Deadlines are the caller's
-    (``trio.fail_after``)."""
+    (``trio.fail_after``).
+
+    ``previous``, a client whose connection was lost, is recovered: if the server still
+    holds its session, the new client has its socket id, call and unread events, gets
+    what was sent meanwhile, and :attr:`LiveLoopClient.recovered` is true."""
+    recovery: RecoveryState | None = previous.sio.recovery if previous is not None else None
     async with open_socketio(url, auth=auth, path=path, max_events=max_events,
-                             disconnect_timeout=disconnect_timeout) as sio:
-        yield LiveLoopClient(sio, max_held=max_events)
+                             disconnect_timeout=disconnect_timeout,
+                             recovery=recovery) as sio:
+        yield LiveLoopClient(sio, max_held=max_events, previous=previous)

@@ -36,6 +36,7 @@ __all__ = [
     "ConnectRefused",
     "Disconnected",
     "Event",
+    "RecoveryState",
     "SocketIOClient",
     "open_socketio",
     "websocket_url",
@@ -45,6 +46,9 @@ _EVENT = sio.PacketType.EVENT
 _BINARY_EVENT = sio.PacketType.BINARY_EVENT
 _ACK = sio.PacketType.ACK
 _BINARY_ACK = sio.PacketType.BINARY_ACK
+_MAX_REPLAYED = 4096
+"""Replayed events held during a recovering handshake, at most (the server sends no more
+than its ``recovery_packets``)."""
 
 
 class ConnectRefused(Exception):
@@ -70,6 +74,33 @@ class Event(NamedTuple):
     name: str
     args: list[Any]
     ack_id: int | None = None
+
+
+class RecoveryState:
+    """What a client needs to recover its session after a lost connection, as the
+    official ``socket.io-client`` keeps it: the private session id (``pid``) from the
+    server's CONNECT answer, and the offset of the last event received.
+
+    Give the same object to the next :func:`open_socketio` and the server replays what
+    was missed (before the CONNECT answer) and keeps the socket id;
+    :attr:`SocketIOClient.recovered` then says it worked. ``pid`` stays None with a
+    server that does not recover (or when the client opted out)."""
+
+    __slots__ = ("offset", "pid")
+
+    def __init__(self) -> None:
+        self.pid: str | None = None
+        self.offset: str | None = None
+
+    def auth(self, auth: Mapping[str, Any] | None) -> Any:
+        """The CONNECT auth: ``auth`` plus ``pid`` and ``offset`` when there is a
+        session to recover (the server removes them before its application sees it)."""
+        if self.pid is None:
+            return sio.ABSENT if auth is None else dict(auth)
+        recover: dict[str, Any] = {"pid": self.pid}
+        if self.offset is not None:
+            recover["offset"] = self.offset
+        return {**recover, **(auth or {})}
 
 
 class _Waiter:
@@ -110,8 +141,14 @@ class SocketIOClient:
     packet is never interleaved with another packet.
     """
 
-    def __init__(self, ws: WebSocketConnection, namespace: str, max_events: int) -> None:
+    def __init__(self, ws: WebSocketConnection, namespace: str, max_events: int,
+                 recovery: RecoveryState | None = None) -> None:
         self._ws = ws
+        self.recovery = RecoveryState() if recovery is None else recovery
+        """The session to recover next time (pass it to the next :func:`open_socketio`)."""
+        self.recovered = False
+        """Whether the server recovered this client's earlier session on connect."""
+        self._replayed: list[Event] = []
         self._namespace = namespace
         self._decoder = sio.Decoder()
         self._events_send, self._events_receive = trio.open_memory_channel[Event](max_events)
@@ -272,7 +309,7 @@ class SocketIOClient:
         except (ValueError, KeyError, TypeError) as exc:
             raise ProtocolError("malformed Engine.IO OPEN packet") from exc
         self._last_ping = trio.current_time()
-        data: Any = sio.ABSENT if auth is None else dict(auth)
+        data: Any = self.recovery.auth(auth)
         await self._ws.send_message(
             "4" + sio.encode_control(sio.Packet(sio.PacketType.CONNECT, self._namespace, data))
         )
@@ -289,20 +326,43 @@ class SocketIOClient:
             packet = self._decoder.feed_text(message[1:])
             if packet is None or packet.namespace != self._namespace:
                 continue
-            if packet.type is sio.PacketType.CONNECT_ERROR:
+            if packet.type is _EVENT and len(self._replayed) < _MAX_REPLAYED:
+                # A recovery's replay comes before the CONNECT answer.
+                self._replayed.append(self._event(packet))
+            elif packet.type is sio.PacketType.CONNECT_ERROR:
                 raise ConnectRefused(packet.data)
-            if packet.type is sio.PacketType.CONNECT:
-                sid = packet.data.get("sid") if isinstance(packet.data, dict) else None
+            elif packet.type is sio.PacketType.CONNECT:
+                data = packet.data if isinstance(packet.data, dict) else {}
+                sid, pid = data.get("sid"), data.get("pid")
                 if not isinstance(sid, str):
                     raise ProtocolError("CONNECT without a sid")
                 self._sid = sid
+                state = self.recovery
+                self.recovered = state.pid is not None and pid == state.pid
+                if not self.recovered:
+                    self._replayed.clear()  # not ours: a new session starts empty
+                    state.offset = None
+                state.pid = pid if isinstance(pid, str) else None
                 return
+
+    def _event(self, packet: sio.Packet) -> Event:
+        """The event of an EVENT packet, its recovery offset (the last argument, a
+        string, when recovery is on) taken off and remembered."""
+        data = packet.data
+        args = data[1:]
+        if self.recovery.pid is not None and packet.id is None and args \
+                and isinstance(args[-1], str):
+            self.recovery.offset = args.pop()
+        return Event(data[0], args, packet.id)
 
     async def _read(self) -> None:
         """The reader task: runs until the connection closes; never raises for what the
         server sends (a protocol violation closes the connection with that reason)."""
         ws = self._ws
         try:
+            replayed, self._replayed = self._replayed, []
+            for event in replayed:
+                await self._events_send.send(event)
             while True:
                 message = await ws.get_message()
                 if isinstance(message, str):
@@ -326,8 +386,7 @@ class SocketIOClient:
                 if packet is not None and packet.namespace == self._namespace:
                     kind_ = packet.type
                     if kind_ is _EVENT or kind_ is _BINARY_EVENT:
-                        data = packet.data
-                        await self._events_send.send(Event(data[0], data[1:], packet.id))
+                        await self._events_send.send(self._event(packet))
                     elif kind_ is _ACK or kind_ is _BINARY_ACK:
                         waiter = self._acks.pop(packet.id, None)  # type: ignore[arg-type]
                         if waiter is not None:
@@ -373,6 +432,7 @@ async def open_socketio(
     headers: list[tuple[bytes, bytes]] | None = None,
     disconnect_timeout: float = 5.0,
     max_message_size: int = 1 << 20,
+    recovery: RecoveryState | None = None,
 ) -> AsyncIterator[SocketIOClient]:
     """Connect to the Socket.IO server at ``url`` and yield the connected client.
 
@@ -384,6 +444,10 @@ async def open_socketio(
     closes the WebSocket (waiting at most ``disconnect_timeout`` for the close handshake).
     At most ``max_events`` events wait unreceived (see the module's note on
     backpressure). An exception raised in the block propagates unchanged.
+
+    ``recovery`` recovers an earlier connection's session (pass the
+    :attr:`SocketIOClient.recovery` of that connection); events carry no recovery offset
+    when they reach the caller.
     """
     client: SocketIOClient | None = None
     error: BaseException | None = None
@@ -392,7 +456,7 @@ async def open_socketio(
             websocket_url(url, path), extra_headers=headers, connect_timeout=math.inf,
             disconnect_timeout=disconnect_timeout, max_message_size=max_message_size,
         ) as ws:
-            client = SocketIOClient(ws, namespace, max_events)
+            client = SocketIOClient(ws, namespace, max_events, recovery)
             await client._handshake(auth)
             try:
                 async with trio.open_nursery() as nursery:

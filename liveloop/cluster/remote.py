@@ -46,6 +46,11 @@ class RemoteSocket:
     def connected(self) -> bool:
         return True
 
+    @property
+    def present(self) -> bool:
+        """As far as this node knows: whether the partner is away is its own node's."""
+        return True
+
     def _notice(self, message: Deliver) -> DeliverNotice:
         return DeliverNotice(self._sid, self._node, message.room_id, message.event,
                              message.payload)

@@ -8,7 +8,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from .api import Ack, ConnectRefused, Namespace, Socket, SocketClosed, SocketHandler
 from .engine import EngineServer
-from .sockets import SocketIOConnection
+from .sockets import Recovery, SocketIOConnection
 
 __all__ = [
     "Ack",
@@ -26,4 +26,6 @@ def socketio_server(settings: Settings, namespaces: Mapping[str, Namespace],
                     metrics: Metrics | None = None) -> EngineServer:
     """An Engine.IO server whose sessions speak Socket.IO with these namespaces; it
     counts into ``metrics`` (none: counts nothing)."""
-    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces), metrics)
+    recovery = Recovery(settings)
+    return EngineServer(settings, lambda: SocketIOConnection(settings, namespaces, recovery),
+                        metrics, actors=(recovery.run,))

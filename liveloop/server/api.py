@@ -51,7 +51,13 @@ class Socket(Protocol):
     def namespace(self) -> str: ...
 
     @property
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        """Whether the socket lives: true from connect to ``on_disconnect``, including
+        while a recoverable client is away."""
+
+    @property
+    def present(self) -> bool:
+        """Whether the client's transport is there now (false while it is away)."""
 
     def emit(self, event: str, *args: JSON) -> None:
         """Queue EVENT ``[event, *args]`` for the client, without waiting.
@@ -104,6 +110,11 @@ class SocketHandler(Protocol):
         """The socket is gone (client or server disconnect, transport close, ping
         timeout, ...). Called exactly once, and nothing is called after it."""
 
+    async def on_recover(self) -> None:
+        """The client came back to this socket after a lost transport (recovery). Called
+        in the new connection's task before the client sees its CONNECT answer; emits
+        made here reach the client after the replay."""
+
 
 class Namespace(Protocol):
     """A namespace's entry point."""
@@ -137,3 +148,5 @@ class DisconnectReason:
     OUTBOX_OVERFLOW = "outbox overflow"
     MAILBOX_OVERFLOW = "mailbox overflow"
     SERVER_SHUTDOWN = "server shutting down"
+    RECOVERY_OVERFLOW = "recovery buffer overflow"
+    """The client was away, and what was kept for it outgrew the recovery bounds."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -67,9 +67,12 @@ class EngineServer:
     """Serves Engine.IO at one path; ``app_factory`` makes each session's app."""
 
     def __init__(self, settings: Settings, app_factory: Callable[[], SessionApp],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 actors: tuple[Callable[..., Awaitable[None]], ...] = ()) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics(enabled=False)
+        self.actors = actors
+        """Started with the sessions' nursery (``nursery.start``), e.g. recovery's."""
         self.app_factory = app_factory
         self.sessions: dict[str, EngineSession] = {}
         self.origins = OriginPolicy(settings.allowed_origins)
@@ -91,6 +94,8 @@ class EngineServer:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.timers.run)
+            for actor in self.actors:
+                await nursery.start(actor)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -223,7 +228,8 @@ class EngineServer:
         """A GET: wait for packets and answer them all at once."""
         if session.polling_get is not None:
             # Two GETs at once: the client is broken; the spec says close the session.
-            session.close("transport error")
+            # A protocol violation, not a lost transport: nothing waits for a recovery.
+            session.close("parse error")
             await self._error(send, BAD_REQUEST, cors)
             return
         if session.state is not Transport.PAUSED:
@@ -266,7 +272,7 @@ class EngineServer:
                     cors: Headers) -> None:
         """A POST: decode the whole payload, then hand its messages over in order."""
         if session.polling_post:
-            session.close("transport error")
+            session.close("parse error")
             await self._error(send, BAD_REQUEST, cors)
             return
         session.polling_post = True
@@ -281,7 +287,7 @@ class EngineServer:
                 await respond(send, 408, b"Request Timeout", [*cors, (b"connection", b"close")])
                 return
             if raw is None:
-                session.close("transport error")
+                session.close("parse error")
                 await respond(send, 413, b"Payload Too Large", cors)
                 return
             try:
@@ -415,6 +421,9 @@ class EngineServer:
         while not session.closed:
             message = await ws.receive()
             if message is None:
+                if ws.violated:  # a frame the codec refused (too large, malformed)
+                    session.close("parse error")
+                    return
                 break  # the client left
             try:
                 if isinstance(message, str):
@@ -437,6 +446,10 @@ class EngineServer:
 
 
 class WebSocket(Protocol):
+    violated: bool
+    """Whether the client broke the WebSocket protocol (then :meth:`receive` has
+    returned None): the session closes as for a parse error, not a lost transport."""
+
     """One WebSocket as the Engine.IO code sees it: what a transport provides."""
 
     async def accept(self) -> None:
@@ -475,6 +488,10 @@ class DirectWebSocket(WebSocket, DirectWriter, Protocol):
         """Send what is left (pending, and in the outbox), then a Close with ``code``."""
 
 
+_VIOLATION_CODES = frozenset({1002, 1003, 1007, 1009})
+"""WebSocket close codes for a protocol error, bad data, or a message too big."""
+
+
 class ASGIWebSocket:
     """:class:`WebSocket` over an ASGI server's ``receive`` / ``send``, after
     ``websocket.connect``.
@@ -488,6 +505,7 @@ class ASGIWebSocket:
     def __init__(self, receive: Receive, send: Send, scope: Scope | None = None) -> None:
         self._receive = receive
         self._send = send
+        self.violated = False
         self._responses = "websocket.http.response" in (scope or {}).get("extensions", {})
         """The server can answer the handshake with an HTTP response of ours."""
         self._gone = False
@@ -521,7 +539,9 @@ class ASGIWebSocket:
     async def receive(self) -> str | bytes | None:
         message = await self._receive()
         if message["type"] != "websocket.receive":
-            return None  # websocket.disconnect
+            # websocket.disconnect; these codes mean the server refused the client's frames
+            self.violated = message.get("code") in _VIOLATION_CODES
+            return None
         text: str | None = message.get("text")
         if text is not None:
             return text

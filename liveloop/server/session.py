@@ -166,6 +166,7 @@ class EngineSession:
         "close_reason",
         "closed",
         "closed_event",
+        "leftover",
         "outbox",
         "poll_answer",
         "polling_get",
@@ -219,6 +220,9 @@ class EngineSession:
         self.polling_post = False
         self.poll_answer: str | None = None
         """What a GET released by :meth:`release_poll` answers when it has nothing."""
+        self.leftover: list[object] = []
+        """Posts still in the mailbox when the session closed, in order, for ``on_close``
+        (a recoverable socket hands them on to its away task)."""
 
     @property
     def transport(self) -> str:
@@ -399,6 +403,7 @@ class EngineSession:
             self.close("server error")
         finally:
             self.close(self.close_reason or "transport close")
+            self.leftover = self._unhandled_posts()
             self._mailbox.close()
             with trio.CancelScope(shield=True) as shield:
                 shield.deadline = trio.current_time() + DISCONNECT_GRACE
@@ -406,6 +411,16 @@ class EngineSession:
                     await self.app.on_close(self.close_reason or "transport close")
                 except Exception:
                     log.exception("on_close failed", extra={"sid": self.sid})
+
+    def _unhandled_posts(self) -> list[object]:
+        posts: list[object] = []
+        while True:
+            try:
+                item = self._mailbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return posts
+            if item is not _WAKE and type(item) is not _Incoming:
+                posts.append(item)
 
     def _wake_at(self) -> float:
         return min(self._next_ping, self._pong_due, self._deadline)

@@ -30,6 +30,7 @@ from .api import (
     SocketClosed,
     SocketHandler,
 )
+from .recovery import RECOVERABLE, MemoryStore, RecoveryRecord, RecoveryStore, frames_of
 from .session import DISCONNECT_GRACE, EngineSession
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,17 @@ def new_id() -> str:
 
 
 class NamespaceSocket:
-    """One client on one namespace; implements :class:`~liveloop.server.api.Socket`."""
+    """One client on one namespace; implements :class:`~liveloop.server.api.Socket`.
 
-    __slots__ = ("_acks", "_connected", "_held", "_ids", "_namespace", "_prefix", "_session",
-                 "_sid", "handler")
+    With a recovery record (recovery on, and the client did not opt out) the socket
+    outlives a lost transport: it is *away* (``present`` false, ``connected`` still
+    true), what is emitted goes into the record's history only, and what is posted to it
+    is handled by an away task (:class:`Recovery`) until the client comes back on a new
+    session (:meth:`Recovery.resume`) or the window passes.
+    """
+
+    __slots__ = ("_acks", "_away", "_connected", "_held", "_ids", "_namespace", "_prefix",
+                 "_recovery", "_session", "_sid", "handler", "record")
 
     def __init__(self, session: EngineSession, namespace: str) -> None:
         self._session = session
@@ -58,6 +66,10 @@ class NamespaceSocket:
         # CONNECT before anything else of this namespace.
         self._held: list[list[str | bytes]] | None = []
         self.handler: SocketHandler | None = None
+        self.record: RecoveryRecord | None = None
+        """Set when this socket can be recovered (see :mod:`.recovery`)."""
+        self._recovery: Recovery | None = None
+        self._away: _Away | None = None
 
     @property
     def sid(self) -> str:
@@ -69,29 +81,79 @@ class NamespaceSocket:
 
     @property
     def connected(self) -> bool:
-        return self._connected and not self._session.closed
+        if self.record is None:
+            return self._connected and not self._session.closed
+        return self._connected  # a recoverable socket lives on while its client is away
+
+    @property
+    def present(self) -> bool:
+        return self._connected and self._away is None and not self._session.closed
 
     def emit(self, event: str, *args: JSON) -> None:
-        if not self.connected:
+        if not self._connected:
             return
-        self._send(sio.encode_event(self._namespace, event, args))
+        record = self.record
+        if record is None:
+            if not self._session.closed:
+                self._send(sio.encode_event(self._namespace, event, args))
+            return
+        history = record.history
+        parts = sio.encode_event(self._namespace, event, (*args, history.stamp()))
+        if len(parts) == 1 and self._held is None and self._away is None:
+            # The hot path: one text frame, built once, kept and sent as it is.
+            frame = "4" + parts[0]  # type: ignore[operator]
+            history.keep(frame)
+            self._session.send_frame(frame)  # nothing once the session is closed
+            return
+        self._keep(history.keep(frames_of(parts)), parts)
 
     def emit_text(self, json_array: str) -> None:
         """Emit an EVENT whose JSON array (``["event", ...]``) is already encoded.
 
         The hot path's shortcut: no bytes may be inside it.
         """
-        if self._held is None and self.connected:
+        if not self._connected:
+            return
+        record = self.record
+        if record is not None:
+            history = record.history
+            json_array = f'{json_array[:-1]},"{history.stamp()}"]'
+            self._keep(history.keep("4" + self._prefix + json_array),
+                       [self._prefix[1:] + json_array])
+        elif self._session.closed:
+            return
+        elif self._held is None:
             self._session.send_frame(self._prefix + json_array)
-        elif self.connected:
+        else:
             self._send([self._prefix[1:] + json_array])
 
+    def _keep(self, within_bounds: bool, parts: list[str | bytes]) -> None:
+        """Send a packet the history has kept, unless the client is away; give the
+        recovery up when the history overflows while it is."""
+        away = self._away
+        if away is None:
+            if not self._session.closed:
+                self._send(parts)
+        elif not within_bounds:
+            away.give_up(DisconnectReason.RECOVERY_OVERFLOW)
+
     def post(self, message: object) -> None:
-        if self.connected:
+        away = self._away
+        if away is not None:
+            away.post(message)
+        elif not self._connected:
+            return
+        elif not self._session.closed:
             self._session.post(_ForSocket(self, message))
+        elif self._recovery is not None:
+            # The transport is lost and the session task has not let go of us yet: the
+            # away task takes the message once it has.
+            away = self._recovery.go_away(self)
+            if away is not None:
+                away.post(message)
 
     async def call(self, event: str, *args: JSON) -> list[JSON]:
-        if not self.connected:
+        if not self.present:
             raise SocketClosed
         ack_id = next(self._ids)
         send, receive = trio.open_memory_channel[list[JSON]](1)
@@ -107,12 +169,17 @@ class NamespaceSocket:
             self._acks.pop(ack_id, None)
 
     def disconnect(self) -> None:
-        if self.connected:
+        if self.present:
             self._send(sio.encode(sio.Packet(sio.PacketType.DISCONNECT, self._namespace)))
             self._session.post(_ServerDisconnect(self))
+        elif self._away is not None:
+            self._away.give_up(DisconnectReason.SERVER_NAMESPACE)
 
     def drop(self) -> None:
-        self._session.close(DisconnectReason.SERVER_SHUTDOWN)
+        if self._away is not None:  # nothing to close: the person is gone now
+            self._away.give_up(DisconnectReason.SERVER_SHUTDOWN)
+        else:
+            self._session.close(DisconnectReason.SERVER_SHUTDOWN)
 
     # -- used by SocketIOConnection, in the session task ---------------------------
 
@@ -136,12 +203,17 @@ class NamespaceSocket:
         for parts in held or ():
             self._send(parts)
 
-    def _close(self) -> None:
-        self._connected = False
-        self._held = None
+    def _fail_acks(self) -> None:
         for channel in self._acks.values():
             channel.close()
         self._acks.clear()
+
+    def _close(self) -> None:
+        self._connected = False
+        self._held = None
+        self._fail_acks()
+        if self._recovery is not None and self.record is not None:
+            self._recovery.store.forget(self.record.pid)
 
 
 class _ForSocket:
@@ -174,12 +246,208 @@ class _Ack:
             socket._send(sio.encode_ack(socket.namespace, args, self._id))
 
 
+class _Claim:
+    """The last message an away task takes: a new session owns the socket now."""
+
+
+class _GiveUp:
+    """Wakes an away task whose recovery was given up."""
+
+
+_CLAIM = _Claim()
+_GIVE_UP = _GiveUp()
+
+
+class _Away:
+    """A socket's time away: the posts for it, and how its away task hands it on.
+
+    The mailbox holds ``mailbox_size`` posts plus one slot each for the claim and the
+    give-up wake-up. A post beyond that gives the recovery up (the person is treated as
+    gone), as a full session mailbox would close a present one.
+    """
+
+    __slots__ = ("claimed", "first", "gone", "handed", "limit", "posted", "receive",
+                 "released", "send")
+
+    def __init__(self, limit: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[object](limit + 2)
+        self.limit = limit
+        self.posted = 0
+        self.released = trio.Event()
+        """The session task that served the socket has let go of its handler."""
+        self.handed = trio.Event()
+        """The away task has let go of the handler (claimed, or gone)."""
+        self.claimed = False
+        self.gone: str | None = None
+        """Why the recovery was given up, once it is."""
+        self.first: list[object] = []
+        """Posts the session never handled, handled before anything in the mailbox."""
+
+    def post(self, message: object) -> None:
+        """Queue a post for the away task; after the claim, for the claimant (which
+        moves what follows the claim to its session's mailbox, in order)."""
+        if self.gone is not None:
+            return
+        if self.posted >= self.limit:
+            self.give_up(DisconnectReason.MAILBOX_OVERFLOW)
+            return
+        self.posted += 1
+        self.send.send_nowait(message)
+
+    def give_up(self, reason: str) -> None:
+        if self.gone is None and not self.claimed:
+            self.gone = reason
+            self.send.send_nowait(_GIVE_UP)
+
+
+class Recovery:
+    """Connection state recovery for one Socket.IO server: the record store, and the
+    nursery where away sockets wait for their clients (:meth:`run` is an actor).
+
+    An away socket's task owns its handler while the client is away: it handles what is
+    posted to the socket (what the handler emits goes into the history), and when the
+    window passes or the recovery is given up it ends the socket as a disconnect would.
+    A returning client's session claims the socket (:meth:`resume`); the away task
+    handles what was posted before the claim, then hands the handler over.
+    """
+
+    def __init__(self, settings: Settings, store: RecoveryStore | None = None) -> None:
+        self.settings = settings
+        self.window = settings.recovery_window
+        self.store: RecoveryStore = MemoryStore(settings) if store is None else store
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.window > 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Hold the away sockets' nursery until cancelled; on cancel each away socket
+        ends (its handler's ``on_disconnect`` runs, shielded)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None  # sessions closing now end their sockets at once
+
+    def adopt(self, socket: NamespaceSocket, auth: dict[str, Any]) -> None:
+        """Make ``socket`` recoverable unless recovery is off or the client opted out
+        (auth ``{"recovery": false}``)."""
+        if self.enabled and self._nursery is not None and auth.get("recovery") is not False:
+            socket.record = self.store.create(socket.sid, socket.namespace)
+            socket.record.state = socket
+            socket._recovery = self
+
+    def go_away(self, socket: NamespaceSocket) -> _Away | None:
+        """The socket's transport is lost: from now on posts wait for its away task.
+        Idempotent, and synchronous so that nothing posted meanwhile is lost. None when
+        the server is shutting down (nothing waits any more)."""
+        away = socket._away
+        if away is None:
+            if self._nursery is None or socket.record is None:
+                return None
+            away = socket._away = _Away(self.settings.mailbox_size)
+            socket.record.history.mark_away()
+            socket._fail_acks()
+            self._nursery.start_soon(self._wait_away, socket, away,
+                                     socket._session.close_reason or "transport close")
+        return away
+
+    async def _wait_away(self, socket: NamespaceSocket, away: _Away, reason: str) -> None:
+        """Own the handler while the client is away (see the class docstring)."""
+        handler = socket.handler
+        ends_here = True  # unless the handler is handed on, or ended by its session
+        try:
+            await away.released.wait()
+            if away.gone is not None:
+                ends_here = False  # its session task ended the socket
+                return
+            deadline = trio.current_time() + self.window
+            for unhandled in away.first:
+                if handler is not None and away.gone is None:
+                    await handler.on_message(unhandled)
+            away.first.clear()
+            while away.gone is None:
+                message: object = None
+                if away.claimed:
+                    message = await away.receive.receive()
+                else:
+                    with trio.move_on_at(deadline):
+                        message = await away.receive.receive()
+                    if message is None:
+                        away.gone = reason  # the window has passed
+                        continue
+                if message is _CLAIM:
+                    ends_here = False
+                    return
+                if message is not _GIVE_UP:
+                    away.posted -= 1
+                    if handler is not None:
+                        await handler.on_message(message)
+        finally:
+            if ends_here:
+                # Expired, given up, or cancelled (the server is shutting down).
+                gone = away.gone = away.gone or DisconnectReason.SERVER_SHUTDOWN
+                socket._close()
+                if handler is not None:
+                    with trio.CancelScope(shield=True) as scope:
+                        scope.deadline = trio.current_time() + DISCONNECT_GRACE
+                        await handler.on_disconnect(gone)
+            away.handed.set()
+
+    async def resume(self, auth: dict[str, Any], namespace: str, session: EngineSession
+                     ) -> NamespaceSocket | None:
+        """The socket of ``auth``'s ``pid``, taken over by ``session``, or None (unknown
+        or expired ``pid``: the caller connects a new socket). An older connection still
+        open with this ``pid`` is closed first."""
+        pid = auth.get("pid")
+        record = self.store.get(pid) if isinstance(pid, str) else None
+        socket = record.state if record is not None else None
+        if not isinstance(socket, NamespaceSocket) or socket.namespace != namespace \
+                or not socket._connected or socket._session is session:
+            return None
+        away = socket._away
+        if away is None:
+            # Half-open: the old transport has not been noticed as lost yet. Close it, so
+            # that it can never deliver to or take from this socket again.
+            socket._session.close(DisconnectReason.TRANSPORT_CLOSE)
+            away = self.go_away(socket)
+        if away is None or away.claimed or away.gone is not None:
+            return None
+        away.claimed = True
+        away.send.send_nowait(_CLAIM)
+        with trio.move_on_after(DISCONNECT_GRACE):
+            await away.handed.wait()
+        if away.gone is not None or not away.handed.is_set():
+            return None
+        socket._away = None
+        socket._session = session
+        socket._held = []
+        # Posted after the claim, before this handover: theirs is the new session's
+        # mailbox now, ahead of anything posted from here on.
+        while True:
+            try:
+                late = away.receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if late is not _GIVE_UP:
+                session.post(_ForSocket(socket, late))
+        assert socket.record is not None
+        socket.record.history.mark_back()
+        return socket
+
+
 class SocketIOConnection:
     """The Socket.IO layer of one Engine.IO session; runs only in the session's task."""
 
-    def __init__(self, settings: Settings, namespaces: Mapping[str, Namespace]) -> None:
+    def __init__(self, settings: Settings, namespaces: Mapping[str, Namespace],
+                 recovery: Recovery | None = None) -> None:
         self._settings = settings
         self._namespaces = namespaces
+        self._recovery = recovery
         self._decoder = sio.Decoder(max_attachments=settings.max_attachments)
         self._sockets: dict[str, NamespaceSocket] = {}
         self._session: EngineSession | None = None
@@ -253,8 +521,20 @@ class SocketIOConnection:
             session.send_frame("4" + sio.encode_control(sio.Packet(
                 sio.PacketType.CONNECT_ERROR, name, {"message": "Already connected"})))
             return
-        socket = NamespaceSocket(session, name)
         auth = packet.data if packet.data is not sio.ABSENT else {}
+        recovery = self._recovery
+        wanted: dict[str, Any] = {}
+        if recovery is not None and isinstance(auth, dict):
+            # Recovery's own keys never reach the application.
+            auth = dict(auth)
+            wanted = {key: auth.pop(key) for key in ("pid", "offset", "recovery")
+                      if key in auth}
+            if (recovery.enabled and wanted.get("recovery") is not False
+                    and await self._recover(recovery, wanted, name)):
+                return
+        socket = NamespaceSocket(session, name)
+        if recovery is not None:
+            recovery.adopt(socket, wanted)
         try:
             socket._connected = True
             handler = await namespace.connect(socket, auth)
@@ -268,12 +548,41 @@ class SocketIOConnection:
             return
         socket.handler = handler
         self._sockets[name] = socket
-        session.set_deadline(math.inf, "")
-        session.send_frame("4" + sio.encode_control(sio.Packet(
-            sio.PacketType.CONNECT, name, {"sid": socket.sid})))
-        socket._release()
+        self._answer_connect(socket)
         if self._draining:  # it joined late: it is told too
             await handler.on_message(DRAIN)
+
+    def _answer_connect(self, socket: NamespaceSocket) -> None:
+        session = self.session
+        session.set_deadline(math.inf, "")
+        answer: dict[str, str] = {"sid": socket.sid}
+        if socket.record is not None:
+            answer["pid"] = socket.record.pid
+        session.send_frame("4" + sio.encode_control(sio.Packet(
+            sio.PacketType.CONNECT, socket.namespace, answer)))
+        socket._release()
+
+    async def _recover(self, recovery: Recovery, wanted: dict[str, Any], name: str) -> bool:
+        """Take over the socket of ``wanted["pid"]`` if there is one: replay what the
+        client missed, then answer CONNECT (so the client reports ``recovered``)."""
+        if not isinstance(wanted.get("pid"), str):
+            return False
+        socket = await recovery.resume(wanted, name, self.session)
+        if socket is None:
+            return False
+        self._sockets[name] = socket
+        assert socket.record is not None and socket.handler is not None
+        frames, complete = socket.record.history.after(wanted.get("offset"))
+        if not complete:
+            log.info("session %s: socket %s recovered, older events lost",
+                     self.session.sid, socket.sid)
+        if frames:
+            self.session.send_packets(frames)
+        await socket.handler.on_recover()
+        self._answer_connect(socket)
+        if self._draining:  # back while the server drains: told as the others were
+            await socket.handler.on_message(DRAIN)
+        return True
 
     async def _drop(self, socket: NamespaceSocket, reason: str, *, shield: bool = True
                     ) -> None:
@@ -283,6 +592,21 @@ class SocketIOConnection:
         if self._sockets.get(socket.namespace) is not socket:
             return
         del self._sockets[socket.namespace]
+        recovery = socket._recovery
+        if recovery is not None and socket.record is not None:
+            if reason in RECOVERABLE and socket._connected:
+                # Its client may come back: the away task takes the handler from here.
+                away = recovery.go_away(socket)
+                if away is not None:
+                    # What was posted to it and not handled yet goes first.
+                    away.first = [item.message for item in self.session.leftover
+                                  if isinstance(item, _ForSocket) and item.socket is socket]
+                    away.released.set()
+                    return
+            away = socket._away
+            if away is not None:  # posts made it go away, but it is not recoverable
+                away.gone = reason
+                away.released.set()
         socket._close()
         if socket.handler is None:
             return

@@ -76,6 +76,8 @@ class FastWebSocket:
         self._reading = True
         self._writing = True
         self._close_sent = False
+        self.violated = False
+        """The client broke the protocol (a frame the decoder refused)."""
 
     # -- the handshake ----------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class FastWebSocket:
             events = self._decoder.feed(data)
         except wsframe.WebSocketError as exc:
             self._reading = False
+            self.violated = True
             self._write_now(self._closing(exc.code))
             return
         ping: bytes | None = None

@@ -1,6 +1,6 @@
 // The Live Loop page: the controls, the socket, and one Call at a time.
 import { io } from "./vendor/socket.io-client/socket.io.esm.min.js";
-import { Call } from "./call.js";
+import { Call, eventId } from "./call.js";
 import { openMedia, thumbnail } from "./media.js";
 
 const $ = (id) => document.getElementById(id);
@@ -225,22 +225,39 @@ ui.chat.addEventListener("submit", (event) => {
   event.preventDefault();
   const message = ui.message.value;
   if (!message.trim() || phase !== "call") return;
-  socket.emit("newMessage", { message, roomId: room }, (ack) => {
+  socket.emit("newMessage", { message, roomId: room, id: eventId() }, (ack) => {
     if (ack.ok) ui.message.value = "";
   });
 });
 
 // -- the server ---------------------------------------------------------------------
 
+// A lost transport may be recovered (docs/recovery.md): the server keeps the session for
+// a while, and the media goes on between the browsers meanwhile. So the call ends only
+// if the new connection is not the same session.
+const RECOVERABLE = new Set(["transport close", "transport error", "ping timeout"]);
+let resume = null; // [phase, status text] to return to if the connection recovers
+
 socket.on("connect", () => {
   connectedOnce = true;
-  endCall();
   showError("");
+  if (socket.recovered && resume) {
+    const [before, text] = resume;
+    resume = null;
+    setPhase(before, text);
+    return;
+  }
+  resume = null;
+  endCall();
   setPhase("idle", "Ready. Press Start to meet someone.");
   iceServers();
 });
-socket.on("disconnect", () => {
-  endCall();
+socket.on("disconnect", (reason) => {
+  if (RECOVERABLE.has(reason) && phase !== "offline") {
+    resume = [phase, ui.state.textContent];
+  } else if (!RECOVERABLE.has(reason)) {
+    endCall();
+  }
   setPhase("offline", "Reconnecting…");
 });
 socket.on("connect_error", () => {
@@ -260,7 +277,14 @@ socket.on("stop-by-remote-user", () => {
   // The server puts us back in the queue.
   setPhase("waiting", `${name} left. Waiting for someone new…`);
 });
-socket.on("Message:recived", ({ from, message }) => {
+const seenIds = new Set(); // the last chat ids shown: a repeat (a retry) is not shown twice
+socket.on("Message:recived", ({ from, message, id }) => {
+  if (id !== undefined) {
+    const key = `${from} ${id}`;
+    if (seenIds.has(key)) return;
+    seenIds.add(key);
+    if (seenIds.size > 256) seenIds.delete(seenIds.values().next().value);
+  }
   addLine(from === socket.id ? "You" : partner?.userName ?? "Stranger", message);
 });
 socket.on("error-message", (error) => {

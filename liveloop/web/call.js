@@ -16,6 +16,16 @@ function candidateType(candidate) {
   return match ? match[1] : null;
 }
 
+// Event ids (docs/events.md, "Retried events"): unique per page, so that the server, and
+// the partner, drop a repeat of an offer, answer or chat line that was sent again.
+const ID_PREFIX = Math.random().toString(36).slice(2, 10);
+let lastId = 0;
+
+export function eventId() {
+  lastId += 1;
+  return `${ID_PREFIX}-${lastId}`;
+}
+
 export class Call {
   /**
    * @param {object} o
@@ -89,7 +99,9 @@ export class Call {
     await this.pc.setLocalDescription(offer);
     // The offer as created: it holds no candidates, which all go by trickle (so that a
     // test's withheld candidates are really withheld).
-    this.socket.emit("negotiation-call-offer", { offer: { type: offer.type, sdp: offer.sdp }, roomId: this.roomId });
+    this.socket.emit("negotiation-call-offer", {
+      offer: { type: offer.type, sdp: offer.sdp }, roomId: this.roomId, id: eventId(),
+    });
   }
 
   async onOffer(offer) {
@@ -99,7 +111,9 @@ export class Call {
     const answer = await this.pc.createAnswer();
     if (this.closed) return;
     await this.pc.setLocalDescription(answer);
-    this.socket.emit("negotiation-call-answer", { ans: { type: answer.type, sdp: answer.sdp }, roomId: this.roomId });
+    this.socket.emit("negotiation-call-answer", {
+      ans: { type: answer.type, sdp: answer.sdp }, roomId: this.roomId, id: eventId(),
+    });
   }
 
   async onAnswer(answer) {

@@ -33,7 +33,8 @@
 // Outputs:
 //   {"type":"ready","pid":..,"client_version":..}                         once at start
 //   {"type":"reply","id":..,"ok":true|false,...}                          for every command
-//   {"type":"connect","socket":..,"sid":..,"engine_sid":..,"transport":"polling"|"websocket"}
+//   {"type":"connect","socket":..,"sid":..,"engine_sid":..,"transport":"polling"|"websocket",
+//    "recovered":bool}     (socket.recovered: connection state recovery worked)
 //   {"type":"upgrade","socket":..,"transport":"websocket"}
 //   {"type":"connect_error","socket":..,"message":..,"data":..}
 //   {"type":"disconnect","socket":..,"reason":..,"description":..}
@@ -167,7 +168,12 @@ const handlers = {
     };
 
     socket.on("connect", () => {
-      const info = { sid: socket.id, engine_sid: socket.io.engine?.id ?? null, transport: transportName(socket) };
+      const info = {
+        sid: socket.id,
+        engine_sid: socket.io.engine?.id ?? null,
+        transport: transportName(socket),
+        recovered: Boolean(socket.recovered),
+      };
       out({ type: "connect", socket: name, ...info });
       reply({ ok: true, ...info });
     });
