@@ -168,8 +168,8 @@ async def test_npm_polling_clients_on_one_kept_alive_agent(two_workers: Running)
             assert got == [sock.name, round_]
             await driver.emit("message", sock.name, round_, socket=sock.name)
 
-        with trio.fail_after(DEADLINE):
-            for round_ in range(5):  # several ping cycles (300 ms) of the echo app
+        for round_ in range(5):  # several ping cycles (300 ms) of the echo app
+            with trio.fail_after(DEADLINE):
                 async with trio.open_nursery() as nursery:  # all at once: shared sockets
                     for sock in socks:
                         nursery.start_soon(chat, sock, round_)
