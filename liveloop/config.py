@@ -182,14 +182,6 @@ class Settings:
         default=False, metadata={"help": "on: client IP addresses may appear in logs"}
     )
 
-    # Several nodes sharing one queue (docs/cluster.md); empty: one process, in memory.
-    redis_url: str = attrs.field(
-        default="", metadata={"help": "redis:// URL of the shared Valkey/Redis; empty: none"}
-    )
-    node_timeout: float = attrs.field(
-        default=5.0, metadata={"help": "seconds until a silent node is declared lost"}
-    )
-
     # Connection state recovery (docs/recovery.md)
     recovery_window: float = attrs.field(
         default=20.0,
@@ -200,6 +192,14 @@ class Settings:
     )
     recovery_bytes: int = attrs.field(
         default=262_144, metadata={"help": "bytes of events kept per client for a replay"}
+    )
+
+    # Several nodes sharing one queue (docs/cluster.md); empty: one process, in memory.
+    redis_url: str = attrs.field(
+        default="", metadata={"help": "redis:// URL of the shared Valkey/Redis; empty: none"}
+    )
+    node_timeout: float = attrs.field(
+        default=5.0, metadata={"help": "seconds until a silent node is declared lost"}
     )
 
     @classmethod

@@ -244,3 +244,24 @@ async def test_match_notice_after_its_rooms_end_is_followed_by_the_end(
     ended = socket.receive.receive_nowait().message  # type: ignore[union-attr]
     assert ended == RoomEnded("R", requeue=True)
     assert got[1].inbox.statistics().open_receive_channels == 0  # the room is closed
+
+
+async def test_match_with_a_partner_gone_from_this_node_still_reaches_the_person(
+        nursery: trio.Nursery) -> None:
+    """The partner disconnected here just before the match was applied: the person is
+    still told of the match (the partner's withdrawal then ends the room for them)."""
+    from liveloop.cluster.node import ClusterMatchmaker
+    from liveloop.config import Settings
+    from liveloop.messages import Matched
+
+    from .fakes import FakeSocket
+
+    node = ClusterMatchmaker(Settings(redis_url="redis://unused"))
+    node._nursery = nursery
+    socket = FakeSocket("x")
+    node._sockets["x"] = socket
+    here = node.node_id
+    node._received({"type": "message",
+                    "data": wire.encode(match("x", here, 1, "R", "y", here, True))})
+    matched = socket.receive.receive_nowait().message  # type: ignore[union-attr]
+    assert isinstance(matched, Matched) and matched.partner.sid == "y"

@@ -48,7 +48,6 @@ class RemoteSocket:
 
     @property
     def present(self) -> bool:
-        """As far as this node knows: whether the partner is away is its own node's."""
         return True
 
     def _notice(self, message: Deliver) -> DeliverNotice:
