@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
 from . import logs
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .app import RootApp
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("serve", "conformance"):
         settings = Settings.from_args(args)
         logs.configure(settings)
+        make_app: Callable[[Settings], RootApp]
         if args.command == "serve":
-            from .app import create_app
-
-            app = create_app(settings)
+            from .app import create_app as make_app
         else:
-            from .conformance import create_conformance_app
+            from .conformance import create_conformance_app as make_app
+        if args.command == "serve" and settings.workers > 1 and not settings.redis_url:
+            print("liveloop serve: --workers above 1 needs LIVELOOP_REDIS_URL (the workers"
+                  " share the queue and rooms there); see docs/deploy.md", file=sys.stderr)
+            return 2
+        if settings.workers > 1 and settings.certfile:
+            print("liveloop serve: --workers above 1 does not terminate TLS (a TLS"
+                  " connection cannot be passed between workers); put a TLS proxy in"
+                  " front, see docs/deploy.md", file=sys.stderr)
+            return 2
+        if settings.workers != 1:
+            from .workers import run_workers
 
-            app = create_conformance_app(settings)
+            return run_workers(settings, make_app)
+        app = make_app(settings)
         from .serve import serve
 
         try:

@@ -42,6 +42,9 @@ class Settings:
     # Where to listen (``liveloop serve``); hypercorn's own flags win under ``hypercorn``.
     bind: str = attrs.field(default="127.0.0.1:3000", metadata={"help": "HOST:PORT to listen on"})
     path: str = attrs.field(default="/socket.io/", metadata={"help": "Engine.IO endpoint path"})
+    workers: int = attrs.field(
+        default=1, metadata={"help": "worker processes for liveloop serve (docs/deploy.md)"}
+    )
     certfile: str = attrs.field(
         default="", metadata={"help": "PEM certificate chain: serve HTTPS (with keyfile)"}
     )

@@ -15,6 +15,7 @@ from hypercorn.config import Config
 from .app import RootApp
 from .config import Settings
 from .server import frontdoor
+from .server.routing import Worker
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +43,40 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
-async def serve(app: RootApp, settings: Settings, *,
+async def serve(app: RootApp, settings: Settings, *, worker: Worker | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the app's actors and the listener in one nursery until cancelled.
+
+    As one of several workers (``worker``, from :mod:`liveloop.workers`): listen on the
+    worker's socket, tag sids with its index, route each request to its session's
+    worker, and stop as well when the parent process is gone.
 
     Reports the bound URLs (``http://127.0.0.1:PORT``, ``https://`` with a certificate)
     through ``task_status``. If an
     actor crashes, the nursery cancels the listener and the exception propagates.
     """
     async with trio.open_nursery() as nursery:
-        await nursery.start(app.run)
         engines = app._engines  # RootApp's own routing: Engine.IO path -> server
+        if worker is not None:
+            for engine in engines.values():
+                engine.worker = worker.handoff.index
+            nursery.start_soon(_stop_without_parent, worker.lifeline, nursery.cancel_scope)
+        await nursery.start(app.run)
         binds: list[str] = await nursery.start(
             partial(frontdoor.serve, app, engines, hypercorn_config(settings), settings,
-                    metrics=app.metrics)
+                    metrics=app.metrics, worker=worker)
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
         task_status.started(binds)
         nursery.start_soon(_drain_on_signal, app, settings.drain_timeout,
                            nursery.cancel_scope)
+
+
+async def _stop_without_parent(lifeline: int, scope: trio.CancelScope) -> None:
+    """The parent of the workers is gone (even by SIGKILL): stop serving."""
+    await trio.lowlevel.wait_readable(lifeline)
+    log.warning("the parent process is gone: shutting down")
+    scope.cancel()
 
 
 async def _drain_on_signal(app: RootApp, calls_for: float, scope: trio.CancelScope) -> None:

@@ -26,6 +26,7 @@ from .api import DRAIN
 from .asgi import Headers, Receive, Scope, Send, query, read_body, respond
 from .cors import OriginPolicy
 from .limits import HandshakeWindow, scope_client, trusted_networks
+from .routing import tag_sid
 from .session import (
     FLUSH_GRACE,
     DirectWriter,
@@ -85,6 +86,9 @@ class EngineServer:
         """Draining: no new session is taken (handshakes answer 503)."""
         self._ended: trio.Event | None = None
         """Set when a session ends, for :meth:`drained`."""
+        self.worker: int | None = None
+        """Under several workers, this worker's index: it tags the sids made here
+        (:func:`~liveloop.server.routing.tag_sid`) so requests find their way back."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
@@ -112,7 +116,7 @@ class EngineServer:
     def _start(self, transport: Transport) -> EngineSession:
         if self._nursery is None:
             raise RuntimeError("EngineServer.run() is not running")
-        sid = new_id()
+        sid = new_id() if self.worker is None else tag_sid(new_id(), self.worker)
         session = EngineSession(sid, self.settings, self.app_factory(), transport, self.timers)
         self.sessions[sid] = session
         self.metrics.session_opened(session.transport)

@@ -14,6 +14,10 @@ except that a WebSocket over TLS goes to hypercorn too (the lean transport write
 socket's file descriptor, beneath TLS). ALPN offers HTTP/1.1 only, which the head parser
 reads; hypercorn's ASGI scopes then say ``https``/``wss``.
 
+Under ``liveloop serve --workers N`` every request head is read here, not only the
+first: :mod:`.routing` passes a request for another worker's session to that worker,
+and :mod:`.http1` serves the rest itself, one request at a time.
+
 This module is built on hypercorn's private interfaces (its Trio ``TCPServer``,
 ``Lifespan``, ``WorkerContext``): ``pyproject.toml`` pins hypercorn to the versions
 listed in :data:`HYPERCORN_VERSIONS`, and a test fails on any other.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -41,7 +46,9 @@ from ..config import Settings
 from ..metrics import Metrics
 from .asgi import Scope
 from .engine import EngineServer
+from .http1 import RoutedConnection
 from .limits import ConnectionCount, client_address, trusted, trusted_networks
+from .routing import Handoff, Worker
 from .session import FLUSH_GRACE
 from .wstransport import FastWebSocket
 
@@ -61,16 +68,23 @@ _Engines = dict[str, EngineServer]
 
 
 async def serve(app: Any, engines: _Engines, config: Config, settings: Settings, *,
-                metrics: Metrics | None = None,
+                metrics: Metrics | None = None, worker: Worker | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``config.bind`` until cancelled: WebSockets at the ``engines``' paths
     (path without trailing slash -> server) here, the rest by hypercorn with ``app``;
     ``settings`` give the per-address connection limit; refusals count in ``metrics``.
 
+    As one of several workers (``worker``), listen on the worker's own socket instead,
+    route every request to the worker that owns its session, and serve HTTP here too
+    (:mod:`.http1`, :mod:`.routing`); not with TLS (a TLS connection's state cannot be
+    passed to another process).
+
     Reports the bound URLs (``http://127.0.0.1:PORT``) through ``task_status``. Runs
     hypercorn's ASGI lifespan once, around the listening, as hypercorn does.
     """
     tls = config.create_ssl_context() if config.ssl_enabled else None
+    if tls is not None and worker is not None:
+        raise ValueError("several workers do not terminate TLS: put a proxy in front")
     config.set_statsd_logger_class(StatsdLogger)
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: dict[str, Any] = {}
@@ -80,14 +94,21 @@ async def serve(app: Any, engines: _Engines, config: Config, settings: Settings,
         await lifespan.wait_for_startup()
         listeners: list[trio.SocketListener] = []
         binds: list[str] = []
-        sockets = config.create_sockets()
-        for sock in sockets.secure_sockets if tls else sockets.insecure_sockets:
+        if worker is not None:
+            sockets = [worker.listener]
+        else:
+            created = config.create_sockets()
+            sockets = created.secure_sockets if tls else created.insecure_sockets
+        for sock in sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             scheme = "https" if tls else "http"
             binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
         server = Server(engines, wrapped, config, ConnectionState(lifespan_state.copy()),
                         settings, tls, metrics)
+        if worker is not None:
+            server.route(app, worker.handoff)
+            nursery.start_soon(server.serve_handoffs, worker.handoff)
         task_status.started(binds)
         await trio.serve_listeners(server.handle, listeners)
 
@@ -115,9 +136,27 @@ class Server:
         self._proxies = trusted_networks(settings.trusted_proxies)
         self.connections = ConnectionCount(settings.max_connections_per_ip)
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
+        self._routed: RoutedConnection | None = None
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection; whatever goes wrong with it ends it alone."""
+    def route(self, app: Any, handoff: Handoff) -> None:
+        """Serve as one of several workers: every request head is read here and routed
+        (:class:`~liveloop.server.http1.RoutedConnection`)."""
+        self._routed = RoutedConnection(app, frozenset(self._engines), handoff,
+                                        self._config.keep_alive_timeout, self._websocket)
+
+    async def serve_handoffs(self, handoff: Handoff) -> None:
+        """Serve the connections other workers pass here, each in its own task."""
+        async with trio.open_nursery() as nursery:
+            while (passed := await handoff.receive()) is not None:
+                sock, data = passed
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                nursery.start_soon(self.handle, stream, data)
+
+    async def handle(self, stream: trio.abc.Stream, data: bytes = b"") -> None:
+        """Serve one connection (``data``: bytes already read from it, when another
+        worker passed it here); whatever goes wrong with it ends it alone. Under
+        several workers a connection counts for its peer's address in the worker that
+        holds it (a trusted proxy's is not counted: its heads are routed one by one)."""
         counted: list[str] = []  # the address this connection counts for, once known
         peer = _peer(stream)  # the socket's, before any TLS
         proxied = trusted(peer, self._proxies)
@@ -125,6 +164,9 @@ class Server:
             if not proxied and not self._count(peer, counted):
                 if self._tls is None:
                     await _too_many(stream)
+                return
+            if self._routed is not None and isinstance(stream, trio.SocketStream):
+                await self._routed.serve(stream, data)
                 return
             if self._tls is not None:
                 stream = trio.SSLStream(stream, self._tls, server_side=True,
@@ -175,23 +217,40 @@ class Server:
             if not self._count(client_address(peer, forwarded, self._proxies), counted):
                 await _too_many(stream)
                 return
-        upgrade = _upgrade(http, event, self._engines)
-        if upgrade is not None and isinstance(stream, trio.SocketStream):
-            engine, scope, key = upgrade
-            scope["client"] = (peer, 0)
-            ws = FastWebSocket(stream, http, key, http.trailing_data[0],
-                               engine.settings.max_payload)
+        websocket = (self._websocket(stream, http, event)
+                     if isinstance(stream, trio.SocketStream) else None)
+        if websocket is not None:
             del http, event, received  # held for the connection's life otherwise
-            try:
-                await engine.serve_websocket(scope, ws)
-            finally:
-                await ws.shutdown()
+            await websocket()
             return
         replay = (_TLSReplay if isinstance(stream, trio.SSLStream) else _Replay)(
             stream, bytes(received))
         server = TCPServer(self._app, self._config, self._context, self._state,
                            replay)  # type: ignore[arg-type]
         await server.run()
+
+
+    def _websocket(self, stream: trio.SocketStream, http: h11.Connection, event: object
+                   ) -> Callable[[], Awaitable[None]] | None:
+        """If ``event`` (read by ``http``) is an Engine.IO WebSocket handshake: what
+        serves the WebSocket until it ends. It holds neither ``http`` nor ``event``:
+        the caller drops them before awaiting it, as they would be kept for the
+        connection's life otherwise."""
+        upgrade = _upgrade(http, event, self._engines)
+        if upgrade is None:
+            return None
+        engine, scope, key = upgrade
+        scope["client"] = (_peer(stream), 0)
+        ws = FastWebSocket(stream, http, key, http.trailing_data[0],
+                           engine.settings.max_payload)
+
+        async def serve() -> None:
+            try:
+                await engine.serve_websocket(scope, ws)
+            finally:
+                await ws.shutdown()
+
+        return serve
 
 
 def _peer(stream: trio.abc.Stream) -> str:

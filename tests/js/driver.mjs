@@ -7,6 +7,9 @@
 //   {"id":1,"cmd":"connect","url":"http://127.0.0.1:3000/ns","name":"main",
 //    "opts":{...socket.io-client options...},"wait":true,"report_pings":false}
 //       Defaults added to opts unless given: forceNew:true, reconnection:false.
+//       opts.agent, when an object, is the options of a node:http Agent (keepAlive,
+//       maxSockets, localAddress, ...): sockets given equal options share one Agent,
+//       so their requests share its kept-alive connections.
 //       With wait (default) the reply is sent once "connect" or "connect_error"
 //       happened: {"ok":true,"sid":..,"engine_sid":..,"transport":..} or
 //       {"ok":false,"message":..,"data":..}. With wait:false it is sent at once.
@@ -47,9 +50,19 @@
 import { createInterface } from "node:readline";
 import { createRequire } from "node:module";
 import { io } from "socket.io-client";
+import http from "node:http";
 
 const require = createRequire(import.meta.url);
 const CLIENT_VERSION = require("socket.io-client/package.json").version;
+
+/** @type {Map<string, http.Agent>} one Agent per distinct options object */
+const agents = new Map();
+
+function agentFor(spec) {
+  const key = JSON.stringify(spec);
+  if (!agents.has(key)) agents.set(key, new http.Agent(spec));
+  return agents.get(key);
+}
 
 /** @type {Map<string, {socket: any, rules: any[], pendingAcks: Map<number, Function>}>} */
 const sockets = new Map();
@@ -141,6 +154,7 @@ const handlers = {
       sockets.delete(name);
     }
     const opts = { forceNew: true, reconnection: false, ...decode(cmd.opts ?? {}) };
+    if (opts.agent && typeof opts.agent === "object") opts.agent = agentFor(opts.agent);
     const socket = io(cmd.url, opts);
     const entry = { socket, rules: [], pendingAcks: new Map() };
     sockets.set(name, entry);

@@ -1,0 +1,200 @@
+"""HTTP/1.1 served one request at a time, for ``liveloop serve --workers N``.
+
+Under several workers each request head must be seen before the request is served, so
+that a request for another worker's session is passed to that worker
+(:mod:`.routing`). hypercorn keeps a connection for its whole life once it has it, so
+here the front door keeps the connection itself: :class:`RoutedConnection` reads a
+head (h11), routes it, serves it through the ASGI app (Engine.IO polling, REST) or as
+an Engine.IO WebSocket (:mod:`.wstransport`), and reads the next head on the same
+connection. With one worker, hypercorn serves HTTP as before.
+
+What it serves: HTTP/1.1 and 1.0 requests with a ``Content-Length`` or chunked body,
+kept alive unless either side says ``close``. The ASGI app's ``receive`` gives the body
+as it arrives, then ``http.disconnect`` once the response is sent or the client has
+gone. A head larger than 16 KiB is answered 431, a malformed one 400, and the
+connection closed. A connection silent for ``keep_alive_timeout`` between requests is
+closed, as hypercorn does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from .asgi import ASGIApp, Message
+from .routing import Handoff
+
+log = logging.getLogger(__name__)
+
+WebSocketServer = Callable[[trio.SocketStream, h11.Connection, h11.Request],
+                          Callable[[], Awaitable[None]] | None]
+
+_MAX_HEAD = 16 * 1024
+_RECEIVE_SIZE = 65536
+
+
+class RoutedConnection:
+    """Serves the requests of connections for one worker; see the module docstring.
+
+    ``websocket``, given the stream, the h11 connection that read a head and the head,
+    returns what serves it as an Engine.IO WebSocket, or None when it is not one (then
+    it is served as HTTP)."""
+
+    def __init__(self, app: ASGIApp, engine_paths: frozenset[str], handoff: Handoff,
+                 keep_alive_timeout: float, websocket: WebSocketServer) -> None:
+        self._app = app
+        self._paths = engine_paths
+        self._handoff = handoff
+        self._timeout = keep_alive_timeout
+        self._websocket = websocket
+
+    async def serve(self, stream: trio.SocketStream, data: bytes) -> None:
+        """Serve requests on ``stream``, ``data`` being bytes already read from it,
+        until the connection ends or is passed to the worker that owns a request."""
+        leftover = data
+        while True:
+            http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+            received = bytearray(leftover)
+            if leftover:
+                http.receive_data(leftover)
+            head = await self._head(stream, http, received)
+            if head is None:
+                return
+            owner = self._handoff.route(head.target, self._paths)
+            if owner != self._handoff.index:
+                await self._handoff.send(owner, stream.socket.fileno(), bytes(received))
+                return  # the caller closes this worker's descriptor only
+            del received
+            websocket = self._websocket(stream, http, head)
+            if websocket is not None:
+                del http, head
+                await websocket()
+                return
+            if not await self._exchange(stream, http, head):
+                return
+            leftover = http.trailing_data[0]
+
+    async def _head(self, stream: trio.SocketStream, http: h11.Connection,
+                    received: bytearray) -> h11.Request | None:
+        """The next request's head, or None when the connection is to end (closed,
+        silent too long, or a malformed head, which is answered first)."""
+        with trio.move_on_after(self._timeout):
+            while True:
+                try:
+                    event = http.next_event()
+                except h11.RemoteProtocolError as exc:
+                    await _refuse(stream, http, exc.error_status_hint)
+                    return None
+                if isinstance(event, h11.Request):
+                    return event
+                if event is not h11.NEED_DATA:
+                    return None  # ConnectionClosed
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                received += data
+                http.receive_data(bytes(data))
+        return None
+
+    async def _exchange(self, stream: trio.SocketStream, http: h11.Connection,
+                        head: h11.Request) -> bool:
+        """Serve one request through the ASGI app; whether the connection may carry
+        another."""
+        path, _, query = head.target.partition(b"?")
+        client = stream.socket.getpeername()
+        server = stream.socket.getsockname()
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": head.http_version.decode("ascii"),
+            "method": head.method.decode("ascii"),
+            "scheme": "http",
+            "path": unquote(path.decode("latin-1")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": list(head.headers),
+            "client": (client[0], client[1]),
+            "server": (server[0], server[1]),
+            "extensions": {},
+        }
+        done = trio.Event()
+        started: list[Message] = []
+
+        async def receive() -> Message:
+            while not done.is_set():
+                try:
+                    event = http.next_event()
+                except h11.RemoteProtocolError:
+                    break
+                if isinstance(event, h11.Data):
+                    return {"type": "http.request", "body": bytes(event.data),
+                            "more_body": True}
+                if isinstance(event, h11.EndOfMessage):
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    http.receive_data(bytes(data))  # b"": the client closed
+                    continue
+                if event is h11.PAUSED:
+                    await done.wait()  # the body was read: until the response is sent
+                break
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                started.append(message)
+                return
+            if kind != "http.response.body" or not started or done.is_set():
+                return
+            data = b""
+            if len(started) == 1:
+                start = started[0]
+                data = http.send(h11.Response(
+                    status_code=start["status"], headers=list(start.get("headers", ())),
+                )) or b""
+                started.append(start)  # marks the head as sent
+            body = message.get("body", b"")
+            if body:
+                data += http.send(h11.Data(data=body)) or b""
+            if not message.get("more_body", False):
+                data += http.send(h11.EndOfMessage()) or b""
+                done.set()
+            await stream.send_all(data)
+
+        try:
+            await self._app(scope, receive, send)
+        except Exception:
+            log.exception("request %s %s failed", scope["method"], scope["path"])
+            if not started:
+                await _refuse(stream, http, 500)
+            return False
+        if not done.is_set():
+            if not started:
+                await _refuse(stream, http, 500)
+            return False
+        # What is left of a body the app did not read is dropped if it has arrived
+        # already; if not, the connection closes (as hypercorn does). Another request
+        # follows only when both sides are done.
+        try:
+            while http.their_state is h11.SEND_BODY:
+                if http.next_event() is h11.NEED_DATA:
+                    return False
+        except h11.RemoteProtocolError:
+            return False
+        return http.our_state is h11.DONE and http.their_state is h11.DONE
+
+
+async def _refuse(stream: trio.SocketStream, http: h11.Connection, status: int) -> None:
+    """Answer ``status`` with no body and close (a malformed head, an app failure)."""
+    try:
+        data = http.send(h11.Response(status_code=status, headers=[
+            (b"content-length", b"0"), (b"connection", b"close")]))
+        data = (data or b"") + (http.send(h11.EndOfMessage()) or b"")
+    except h11.LocalProtocolError:
+        return  # a response was already on its way
+    await stream.send_all(data)
