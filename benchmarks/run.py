@@ -42,7 +42,24 @@ SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
         PYTHON, str(HERE / "baselines" / "psio_server.py"), "--port", str(port)]),
     "triows": ("bare trio-websocket relay", lambda port: [
         PYTHON, str(HERE / "baselines" / "trio_ws_relay.py"), "--port", str(port)]),
+    # Live Loop's other entries (settings from LIVELOOP_*, see ENV below)
+    "hypercorn-trio": ("hypercorn -k trio", lambda port: [
+        str(Path(PYTHON).parent / "hypercorn"), "-k", "trio", "--bind",
+        f"127.0.0.1:{port}", "liveloop.app:app"]),
+    "hypercorn": ("hypercorn (asyncio, Trio as a guest)", lambda port: [
+        str(Path(PYTHON).parent / "hypercorn"), "--bind", f"127.0.0.1:{port}",
+        "liveloop.app:app"]),
+    "hypercorn-uvloop": ("hypercorn -k uvloop (guest)", lambda port: [
+        str(Path(PYTHON).parent / "hypercorn"), "-k", "uvloop", "--bind",
+        f"127.0.0.1:{port}", "liveloop.app:app"]),
+    "uvicorn": ("uvicorn (guest)", lambda port: [
+        str(Path(PYTHON).parent / "uvicorn"), "--port", str(port), "--log-level", "warning",
+        "liveloop.app:app"]),
 }
+WORKER_CHILD = {"hypercorn-trio", "hypercorn", "hypercorn-uvloop"}
+"""Servers whose work is done by a worker process they start (hypercorn's one worker):
+its CPU time is what is measured."""
+ENV = {**os.environ, "LIVELOOP_RATE_LIMITS": "off"}
 
 # name -> (scenario, bench arguments)
 SCALES: dict[str, dict[str, tuple[str, list[str]]]] = {
@@ -117,6 +134,16 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], deadline: float)
     raise RuntimeError(f"server not listening on {port} after {deadline} s")
 
 
+def worker_pid(pid: int) -> int:
+    """The one worker process under ``pid`` (hypercorn's), from /proc: a child started by
+    multiprocessing's spawn, not its resource tracker."""
+    children = [c for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    if len(children) != 1:
+        raise RuntimeError(f"expected one worker process under {pid}, found {children}")
+    return int(children[0])
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -133,13 +160,14 @@ def run_one(server: str, scenario: str, bench_args: list[str], args: argparse.Na
     command = SERVERS[server][1](port)
     with log.open("ab") as out:
         process = subprocess.Popen(pinned(args.server_cpu, command), stdout=out,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)
+                                   stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
     try:
         wait_listening(port, process, 30)
         time.sleep(0.3)  # let the server finish starting before the baseline sample
+        pid = worker_pid(process.pid) if server in WORKER_CHILD else process.pid
         bench = pinned(args.bench_cpu, [
             PYTHON, "-m", "liveloop", "bench", scenario, "--url", f"http://127.0.0.1:{port}",
-            "--server-pid", str(process.pid), "--json", "--no-progress",
+            "--server-pid", str(pid), "--json", "--no-progress",
             "--workers", str(args.workers), *bench_args])
         result = subprocess.run(bench, capture_output=True, text=True, cwd=ROOT,
                                 timeout=args.timeout)

@@ -1,4 +1,4 @@
-"""The ASGI application, and ``app`` for ``hypercorn -k trio liveloop.app:app``.
+"""The ASGI application, and ``app`` for ``hypercorn liveloop.app:app`` and the like.
 
 :class:`RootApp` routes each Engine.IO path to its :class:`EngineServer` and everything
 else to a Quart-Trio app (``GET /``, ``GET /api/status``). Its actors (the Engine.IO
@@ -8,10 +8,15 @@ servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`
   actor that crashes ends the process;
 - under ``hypercorn -k trio`` the ASGI lifespan runs them, and a crash is logged at
   CRITICAL with its traceback and ends the worker process at once with status 1, rather
-  than leaving a server that answers but no longer matches anyone.
+  than leaving a server that answers but no longer matches anyone;
+- under an asyncio server (``hypercorn liveloop.app:app``, ``hypercorn -k uvloop``,
+  ``uvicorn liveloop.app:app``) the lifespan starts them, and the whole Trio side, as
+  a guest run on the server's loop, and every other ASGI call crosses to it through
+  :class:`~liveloop.guest.GuestRun` (see :mod:`liveloop.guest`); a crash there is
+  logged at CRITICAL and ends the process with status 1 as well (the server itself
+  would go on serving).
 
-Under hypercorn's default asyncio worker the lifespan startup fails with a message that
-names ``-k trio``: a Trio app cannot serve there.
+Under any other async library the lifespan startup fails with :data:`WRONG_HOST`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sniffio
 import trio
 
 from .config import Settings
+from .guest import GuestRun
 from .logs import configure_under_host
 from .metrics import Metrics, serve_metrics
 from .server import EngineServer, socketio_server
@@ -36,9 +42,14 @@ from .server.session import DISCONNECT_GRACE
 
 log = logging.getLogger(__name__)
 
-WRONG_WORKER = (
-    "Live Loop runs on Trio, but hypercorn started an asyncio worker. "
-    "Start it with `hypercorn -k trio liveloop.app:app`, or with `liveloop serve`."
+WRONG_HOST = (
+    "Live Loop runs on Trio, natively or as a guest on an asyncio loop, but this server "
+    "runs {library}. Start it with `liveloop serve`, `hypercorn liveloop.app:app`, "
+    "`hypercorn -k trio liveloop.app:app` or `uvicorn liveloop.app:app`."
+)
+NO_LIFESPAN = (
+    "Live Loop starts its Trio side in the ASGI lifespan, which this server did not "
+    "run; start it with the lifespan on (uvicorn: `--lifespan on`)."
 )
 
 Actor = Callable[..., Awaitable[None]]
@@ -55,6 +66,8 @@ class RootApp:
         self._http = http
         self._actors = (*actors, *(engine.run for engine in engines.values()))
         self._running = False
+        self._guest: GuestRun | None = None
+        self._host_checked = False
         self._draining = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -88,6 +101,19 @@ class RootApp:
                 await engine.drained()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guest = self._guest
+        if guest is not None and scope["type"] != "lifespan":
+            await guest.call(scope, receive, send)
+            return
+        if not self._host_checked and scope["type"] != "lifespan":
+            if sniffio.current_async_library() != "trio":
+                log.critical(NO_LIFESPAN)
+                raise RuntimeError(NO_LIFESPAN)
+            self._host_checked = True
+        await self.route(scope, receive, send)
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI call, in Trio (the guest's bridge comes here too)."""
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(receive, send)
@@ -110,9 +136,14 @@ class RootApp:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
         assert message["type"] == "lifespan.startup"
-        if sniffio.current_async_library() != "trio":
-            log.critical(WRONG_WORKER)
-            await send({"type": "lifespan.startup.failed", "message": WRONG_WORKER})
+        library = sniffio.current_async_library()
+        if library == "asyncio":
+            await self._lifespan_as_guest(receive, send)
+            return
+        if library != "trio":
+            wrong = WRONG_HOST.format(library=library)
+            log.critical(wrong)
+            await send({"type": "lifespan.startup.failed", "message": wrong})
             return
         if self._running:  # ``liveloop serve`` runs the actors itself
             await send({"type": "lifespan.startup.complete"})
@@ -132,6 +163,26 @@ class RootApp:
             log.critical("Live Loop stopped: a task crashed", exc_info=True)
             self._exit(1)
             raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _lifespan_as_guest(self, receive: Receive, send: Send) -> None:
+        """The lifespan under an asyncio server: the Trio side as a guest run."""
+        # A crash ends the process with status 1, as under ``-k trio`` (docs/operations.md)
+        guest = GuestRun(self.run, self.route, on_crash=lambda: self._exit(1))
+        try:
+            await guest.start()
+        except Exception as exc:
+            log.critical("Live Loop failed to start", exc_info=True)
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            return
+        self._guest = guest
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await guest.stop()
+        except Exception as exc:  # it crashed earlier, and the process is stopping
+            await send({"type": "lifespan.shutdown.failed", "message": repr(exc)})
+            return
         await send({"type": "lifespan.shutdown.complete"})
 
     @staticmethod
@@ -209,19 +260,30 @@ def create_app(settings: Settings) -> RootApp:
     return RootApp({settings.path: engine}, http, actors, metrics)
 
 
-def _lazy_app() -> ASGIApp:
+def lazy_app(factory: Callable[[Settings], RootApp]) -> ASGIApp:
+    """An ASGI app that builds ``factory(Settings.from_env())`` on its first call, so
+    that importing it (as a server does) reads nothing; bad settings fail the start."""
     instance: RootApp | None = None
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal instance
         if instance is None:
-            settings = Settings.from_env()
-            configure_under_host(settings)
-            instance = create_app(settings)
+            try:
+                settings = Settings.from_env()
+                configure_under_host(settings)
+                instance = factory(settings)
+            except Exception as exc:  # bad LIVELOOP_* values: say so, and fail the start
+                log.critical("Live Loop cannot start: %s", exc)
+                if scope["type"] != "lifespan":
+                    raise
+                await receive()
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
         await instance(scope, receive, send)
 
     return app
 
 
-app = _lazy_app()
-"""What ``hypercorn -k trio liveloop.app:app`` serves; settings from ``LIVELOOP_*``."""
+app = lazy_app(create_app)
+"""What ``hypercorn liveloop.app:app`` (any worker) and ``uvicorn liveloop.app:app``
+serve; settings from ``LIVELOOP_*``."""

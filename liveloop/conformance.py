@@ -6,14 +6,15 @@
   ``message-back`` (same arguments) and acks ``message-with-ack`` with its arguments.
 
 Settings as the suites' READMEs give them: pingInterval 300 ms, pingTimeout 200 ms,
-maxPayload 1,000,000, any origin. Started by ``liveloop conformance``.
+maxPayload 1,000,000, any origin. Started by ``liveloop conformance``, or by an ASGI
+server as ``liveloop.conformance:app`` (``hypercorn liveloop.conformance:app``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .app import RootApp
+from .app import RootApp, lazy_app
 from .config import Settings
 from .server import EngineServer, socketio_server
 from .server.api import DRAIN, JSON, Ack, DisconnectReason, Socket, SocketHandler
@@ -82,3 +83,7 @@ def create_conformance_app(settings: Settings) -> RootApp:
         ),
     }
     return RootApp(engines, None)
+
+
+app = lazy_app(create_conformance_app)
+"""The suites' server for ``hypercorn liveloop.conformance:app`` and the like."""

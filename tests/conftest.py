@@ -6,6 +6,9 @@
 - :func:`start_server`: an app served by hypercorn in the test's nursery, on a free port.
 - :func:`http_get`: a tiny HTTP/1.1 GET over a raw Trio stream, parsed with h11, reading
   exactly ``Content-Length`` bytes of body.
+- :data:`ENTRIES` / the module-scoped ``entry`` and ``hosts`` fixtures: the ways a user
+  starts Live Loop (``liveloop serve``, hypercorn's workers, uvicorn; see
+  ``tests/hosts.py``), for tests that run against each.
 - :class:`Sock`: one named socket of a :class:`~tests.nodeclient.NodeClient`, keeping the
   log of everything it received, in arrival order, for ordering checks.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +33,7 @@ from liveloop.app import RootApp
 from liveloop.config import Settings
 from liveloop.serve import serve
 
+from .hosts import ENTRIES, Entry, Hosts
 from .nodeclient import NodeClient
 
 # Hypothesis' per-example deadline (200 ms) is a timed test: on a busy machine an example
@@ -101,6 +105,26 @@ def variant(request: pytest.FixtureRequest) -> Variant:
     """Every integration test runs once per client kind and transport choice."""
     value: Variant = request.param
     return value
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(entry, id=entry.name, marks=pytest.mark.skipif(
+        not entry.available, reason=f"{entry.name}: not installed"))
+    for entry in ENTRIES])
+def entry(request: pytest.FixtureRequest) -> Entry:
+    """Tests that take it run once per way of starting the server, module by module."""
+    value: Entry = request.param
+    return value
+
+
+@pytest.fixture(scope="module")
+def hosts(entry: Entry) -> Iterator[Hosts]:
+    """The entry's child servers, started on first use and kept for the module."""
+    started = Hosts(entry)
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 async def start_server(nursery: trio.Nursery, app: RootApp, settings: Settings) -> str:

@@ -183,6 +183,18 @@ async def test_heartbeat_over_polling(engine: EngineServer, autojump_clock: obje
     assert (await get(engine, sid)).status == 400
 
 
+async def test_a_late_wake_up_does_not_extend_the_heartbeat(
+    engine: EngineServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Time jumps past pingInterval + pingTimeout at once, as when a loaded (or guest)
+    loop wakes the timers late: the ping that was due at 25 s is late, but the pong was
+    due at 45 s all the same, so a poll now finds the session gone."""
+    sid = await handshake(engine)
+    await trio.testing.wait_all_tasks_blocked()  # the session task has started
+    autojump_clock.jump(SETTINGS.ping_interval + SETTINGS.ping_timeout + 0.5)
+    assert (await get(engine, sid)).status == 400
+
+
 async def test_client_close_packet_ends_the_session(
     engine: EngineServer, nursery: trio.Nursery
 ) -> None:

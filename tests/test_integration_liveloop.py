@@ -1,7 +1,11 @@
 """DESIGN.md's "Event semantics", end to end, through real Socket.IO clients.
 
-The server is ``create_app(Settings(bind="127.0.0.1:0", ...))`` served by hypercorn in the
-test's nursery; the clients are the official npm ``socket.io-client`` (default transports
+The server is started by each entry of ``tests/hosts.py`` in turn (the ``entry``
+fixture): ``create_app(Settings(bind="127.0.0.1:0", ...))`` served as ``liveloop serve``
+does in the test's nursery, then ``hypercorn -k trio``, ``hypercorn`` (asyncio, Trio as a
+guest), ``hypercorn -k uvloop`` and ``uvicorn`` running ``liveloop.app:app`` in a child
+process kept for the module (its counts read relative to the test's start); the clients
+are the official npm ``socket.io-client`` (default transports
 and WebSocket-only) and python-socketio (WebSocket-only and polling-only), several named
 sockets per driver process. ``/api/status`` is read over plain HTTP.
 
@@ -32,6 +36,7 @@ from liveloop.app import create_app
 from liveloop.config import Settings
 
 from .conftest import DEADLINE, Sock, Variant, http_get, start_server
+from .hosts import Entry, Hosts
 from .nodeclient import NodeClient
 
 IMAGE = "data:image/png;base64,iVBORw0KGgo="
@@ -62,6 +67,8 @@ class Live:
     driver: NodeClient
     variant: Variant
     socks: list[Sock] = attrs.Factory(list)
+    rooms_before: int = 0
+    """Rooms the server had made before this test (a child server serves a module)."""
 
     async def join(self, name: str) -> Sock:
         sock = Sock(self.driver, name)
@@ -77,7 +84,19 @@ class Live:
         assert response.status == 200
         assert response.headers["content-type"].startswith("application/json")
         document: dict[str, Any] = response.json()
+        document["rooms"]["total"] -= self.rooms_before
         return document
+
+    async def settle(self) -> None:
+        """Wait until earlier tests' clients have left a shared server, and count its
+        rooms from here."""
+        with trio.fail_after(4 * DEADLINE):  # a polling client's leave may wait for a poll
+            while True:
+                document = await self.status()
+                if document["queue"]["size"] == 0 and document["rooms"]["active"] == 0:
+                    self.rooms_before = document["rooms"]["total"]
+                    return
+                await trio.sleep(0.05)
 
     async def status_until(self, want: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Poll ``/api/status`` until ``want`` holds (a deadline, not a sleep, decides)."""
@@ -93,23 +112,40 @@ class Live:
             check_order(sock)
 
 
-async def live_server(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
-                      **overrides: Any) -> Live:
-    settings = attrs.evolve(Settings(bind="127.0.0.1:0"), **overrides)
-    url = await start_server(nursery, create_app(settings), settings)
-    return Live(url, driver, variant)
+@attrs.frozen
+class Server:
+    """Where a test's server comes from: its entry, and the entry's child servers."""
+
+    entry: Entry
+    hosts: Hosts
+    nursery: trio.Nursery
+
+    async def live(self, driver: NodeClient, variant: Variant, **overrides: Any) -> Live:
+        if self.entry.in_process:
+            settings = attrs.evolve(Settings(bind="127.0.0.1:0"), **overrides)
+            url = await start_server(self.nursery, create_app(settings), settings)
+            return Live(url, driver, variant)
+        url = await trio.to_thread.run_sync(self.hosts.url, overrides)
+        live = Live(url, driver, variant)
+        await live.settle()
+        return live
 
 
 @pytest.fixture
-async def live(nursery: trio.Nursery, driver: NodeClient, variant: Variant) -> Live:
+def server(entry: Entry, hosts: Hosts, nursery: trio.Nursery) -> Server:
+    return Server(entry, hosts, nursery)
+
+
+@pytest.fixture
+async def live(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """The server with its default settings (rate limits on, 60 s cooldown)."""
-    return await live_server(nursery, driver, variant)
+    return await server.live(driver, variant)
 
 
 @pytest.fixture
-async def live_unlimited(nursery: trio.Nursery, driver: NodeClient, variant: Variant) -> Live:
+async def live_unlimited(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """Rate limits off, for tests that press "Next" within 5 s of their first request."""
-    return await live_server(nursery, driver, variant, rate_limits=False)
+    return await server.live(driver, variant, rate_limits=False)
 
 
 def request(name: str, image: str = "", room_id: str | None = None) -> dict[str, Any]:

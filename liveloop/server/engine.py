@@ -220,7 +220,7 @@ class EngineServer:
                 await respond(send, 200, b"6", cors)
                 return
         found = self.sessions.get(sid)
-        if found is None:
+        if found is None or found.expire_overdue():
             await self._error(send, SESSION_ID_UNKNOWN, cors)
             return
         if found.state is Transport.WEBSOCKET:

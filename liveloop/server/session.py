@@ -201,7 +201,8 @@ class EngineSession:
             object](settings.mailbox_size + _CLIENT_CREDITS + 1)
         self._posted = 0
         self._credits = trio.Semaphore(_CLIENT_CREDITS)
-        self._next_ping = math.inf
+        self._next_ping = trio.current_time() + settings.ping_interval  # from the handshake on,
+        # not from when this task starts (late on a loaded or guest loop)
         self._pong_due = math.inf
         self._deadline = math.inf
         self._deadline_reason = ""
@@ -392,8 +393,6 @@ class EngineSession:
         """
         try:
             with self._scope:
-                now = trio.current_time()
-                self._next_ping = now + self.settings.ping_interval
                 self._schedule()
                 await self.app.on_open(self)
                 await self._serve()
@@ -487,12 +486,30 @@ class EngineSession:
         self._act_on_timers(now)
         self._schedule()
 
+    def expire_overdue(self) -> bool:
+        """Close the session now if its pong or the app's deadline has passed though
+        its wake-up has not come yet (it comes late on a loaded or guest loop); whether
+        it did. A request that arrives after a deadline finds the session gone."""
+        if self.closed:
+            return False
+        now = trio.current_time()
+        if now >= self._deadline or now >= self._pong_deadline():
+            self._act_on_timers(now)
+            return self.closed
+        return False
+
+    def _pong_deadline(self) -> float:
+        """When the pong is due: ``ping_timeout`` after the ping was due, sent or not."""
+        return min(self._pong_due, self._next_ping + self.settings.ping_timeout)
+
     def _act_on_timers(self, now: float) -> None:
         if now >= self._deadline:
             self.close(self._deadline_reason)
-        elif now >= self._pong_due:
+        elif now >= self._pong_deadline():  # a ping still unsent is that late: no pong
             self.close("ping timeout")
         elif now >= self._next_ping:
+            # from when the ping was due, so that a late wake-up does not push the
+            # close past pingInterval + pingTimeout (clients count that way)
+            self._pong_due = self._next_ping + self.settings.ping_timeout
             self._next_ping = math.inf
-            self._pong_due = now + self.settings.ping_timeout
             self.send_frame("2")
