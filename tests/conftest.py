@@ -27,6 +27,7 @@ import attrs
 import h11
 import pytest
 import trio
+from hypothesis import settings as hypothesis_settings
 
 from liveloop.app import RootApp
 from liveloop.config import Settings
@@ -34,6 +35,12 @@ from liveloop.serve import serve
 
 from .hosts import ENTRIES, Entry, Hosts
 from .nodeclient import NodeClient
+
+# Hypothesis' per-example deadline (200 ms) is a timed test: on a busy machine an example
+# that takes microseconds is sometimes descheduled past it, and the run fails by chance.
+# Speed is the benchmarks' business; a test's own settings still override this.
+hypothesis_settings.register_profile("liveloop", deadline=None)
+hypothesis_settings.load_profile("liveloop")
 
 DEADLINE = 10
 """Seconds any single wait in an integration test may take before it fails."""

@@ -488,3 +488,21 @@ async def test_a_send_the_asgi_server_refuses_means_the_peer_is_gone() -> None:
     await ws.send_frames(["4a", b"b"])
     await ws.close(1000)
     assert sent == [{"type": "websocket.accept"}]  # nothing after the refusal
+
+
+async def test_a_get_overtaken_by_the_close_still_gets_its_noop(
+    engine: EngineServer, autojump_clock: object
+) -> None:
+    # The official suites send a GET and a POSTed CLOSE at once; the CLOSE may arrive
+    # first. That GET gets the NOOP it would have got waiting, and only that one GET.
+    sid = await handshake(engine)
+    assert (await post(engine, sid, "1")).text == "ok"
+    await trio.testing.wait_all_tasks_blocked()
+    late = await get(engine, sid)
+    assert (late.status, late.text) == (200, "6")
+    assert (await get(engine, sid)).status == 400
+    # Not for long: a GET a while later is refused like any for an unknown session.
+    other = await handshake(engine)
+    assert (await post(engine, other, "1")).text == "ok"
+    await trio.sleep(5)
+    assert (await get(engine, other)).status == 400

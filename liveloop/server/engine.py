@@ -8,6 +8,7 @@ this object's; it changes without awaiting, at handshake and when a session task
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -61,6 +62,11 @@ _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
 _REFUSALS = {503: b"Service Unavailable", 429: b"Too Many Requests"}
+_CLOSED_POLLS = 1024
+"""Polling sessions a client closed with no GET waiting, remembered at most (the oldest
+is forgotten first): see ``EngineServer._closed_polls``."""
+_CLOSED_POLL_TTL = 1.0
+"""Seconds such a session's one late GET still gets its NOOP."""
 
 
 class EngineServer:
@@ -89,6 +95,11 @@ class EngineServer:
         self.worker: int | None = None
         """Under several workers, this worker's index: it tags the sids made here
         (:func:`~liveloop.server.routing.tag_sid`) so requests find their way back."""
+        self._closed_polls: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """``sid`` -> deadline of polling sessions the client closed (a POSTed CLOSE) while
+        no GET was waiting. A client may send its GET and its CLOSE at once, and the CLOSE
+        can arrive first: as engine.io does, that GET gets the NOOP a waiting one would
+        have got, rather than a 400. Bounded by ``_CLOSED_POLLS``; one GET each."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the sessions' nursery until cancelled; sessions end with it."""
@@ -207,6 +218,11 @@ class EngineServer:
             body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
             await respond(send, 200, body.encode(), cors)
             return
+        if self._closed_polls and method == "GET":
+            late = self._closed_polls.pop(sid, None)
+            if late is not None and trio.current_time() <= late:
+                await respond(send, 200, b"6", cors)
+                return
         found = self.sessions.get(sid)
         if found is None or found.expire_overdue():
             await self._error(send, SESSION_ID_UNKNOWN, cors)
@@ -303,6 +319,8 @@ class EngineServer:
                 session.close("parse error")
                 await self._error(send, BAD_REQUEST, cors)
                 return
+            if close and session.polling_get is None:
+                self._remember_closed_poll(session.sid)
             try:
                 if messages or close:
                     await session.deliver(messages, then_close=close)
@@ -312,6 +330,12 @@ class EngineServer:
             session.polling_post = False
         # Only now: the client may send its next POST as soon as it has this answer.
         await respond(send, 200, b"ok", cors)
+
+    def _remember_closed_poll(self, sid: str) -> None:
+        closed = self._closed_polls
+        closed[sid] = trio.current_time() + _CLOSED_POLL_TTL
+        while len(closed) > _CLOSED_POLLS:
+            closed.popitem(last=False)
 
     # -- WebSocket ----------------------------------------------------------------------
 
