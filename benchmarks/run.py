@@ -19,9 +19,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,15 +26,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PYTHON = sys.executable
+from servers import (
+    HERE,
+    PYTHON,
+    ROOT,
+    children,
+    free_port,
+    liveloop_command,
+    pinned,
+    stop,
+    wait_listening,
+)
 
 SERVERS: dict[str, tuple[str, Callable[[int], list[str]]]] = {
-    "liveloop": ("Live Loop", lambda port: [
-        PYTHON, "-m", "liveloop", "serve", "--bind", f"127.0.0.1:{port}",
-        "--rate-limits", "off", "--relay-budget", "0", "--handshakes-per-ip", "1000000",
-        "--max-connections-per-ip", "1000000"]),
+    "liveloop": ("Live Loop", liveloop_command),
     "psio": ("python-socketio + uvicorn", lambda port: [
         PYTHON, str(HERE / "baselines" / "psio_server.py"), "--port", str(port)]),
     "triows": ("bare trio-websocket relay", lambda port: [
@@ -105,53 +107,14 @@ METRICS: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
 }
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free now (never 3000)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 3000:
-            return port
-
-
-def pinned(cpu: int | None, command: list[str]) -> list[str]:
-    if cpu is None or shutil.which("taskset") is None:
-        return command
-    return ["taskset", "-c", str(cpu), *command]
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {port} after {deadline} s")
-
-
 def worker_pid(pid: int) -> int:
     """The one worker process under ``pid`` (hypercorn's), from /proc: a child started by
     multiprocessing's spawn, not its resource tracker."""
-    children = [c for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-    if len(children) != 1:
-        raise RuntimeError(f"expected one worker process under {pid}, found {children}")
-    return int(children[0])
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    workers = [c for c in children(pid)
+               if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one worker process under {pid}, found {workers}")
+    return workers[0]
 
 
 def run_one(server: str, scenario: str, bench_args: list[str], args: argparse.Namespace,
@@ -162,7 +125,7 @@ def run_one(server: str, scenario: str, bench_args: list[str], args: argparse.Na
         process = subprocess.Popen(pinned(args.server_cpu, command), stdout=out,
                                    stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
     try:
-        wait_listening(port, process, 30)
+        wait_listening(port, process)
         time.sleep(0.3)  # let the server finish starting before the baseline sample
         pid = worker_pid(process.pid) if server in WORKER_CHILD else process.pid
         bench = pinned(args.bench_cpu, [

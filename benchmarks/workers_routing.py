@@ -27,17 +27,17 @@ import argparse
 import contextlib
 import functools
 import logging
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
 
-import h11
+import servers
 import trio
 
 from liveloop.app import RootApp
+from liveloop.bench.http1 import KeptAlive
 from liveloop.config import Settings
 from liveloop.conformance import EchoApp
 from liveloop.serve import serve
@@ -49,63 +49,19 @@ PATH = "/engine.io/?EIO=4&transport=polling"
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` and its children still running, in seconds."""
-    total = 0.0
-    pids = [pid]
-    children = f"/proc/{pid}/task/{pid}/children"
-    if os.path.exists(children):
-        with open(children) as f:
-            pids += [int(p) for p in f.read().split()]
-    for one in pids:
-        with open(f"/proc/{one}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(servers.cpu_seconds(one) for one in (pid, *servers.children(pid)))
 
 
-class Connection:
-    """One kept-alive HTTP/1.1 connection, one request at a time."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.http = h11.Connection(h11.CLIENT)
-        self.reopened = 0
-
-    async def request(self, method: str, target: str, body: bytes = b"") -> bytes:
-        http = self.http
-        data = http.send(h11.Request(method=method, target=target, headers=[
-            ("Host", "bench"), ("Content-Length", str(len(body)))]))
-        data += http.send(h11.Data(data=body)) if body else b""
-        await self.stream.send_all(data + http.send(h11.EndOfMessage()))
-        received = bytearray()
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                http.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Data):
-                received += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                if http.our_state is h11.DONE and http.their_state is h11.DONE:
-                    http.start_next_cycle()
-                else:  # hypercorn closes after keep_alive_max_requests (1,000)
-                    peer = self.stream.socket.getpeername()
-                    await self.stream.aclose()
-                    self.stream = await trio.open_tcp_stream(*peer)
-                    self.http = h11.Connection(h11.CLIENT)
-                    self.reopened += 1
-                return bytes(received)
-            elif not isinstance(event, h11.Response):
-                raise RuntimeError(f"unexpected {event!r}")
-
-
-async def open_connection(port: int) -> Connection:
-    return Connection(await trio.open_tcp_stream("127.0.0.1", port))
+async def open_connection(port: int) -> KeptAlive:
+    # hypercorn closes after keep_alive_max_requests (1,000): open again then
+    return await KeptAlive.open("127.0.0.1", port, reopen=True)
 
 
 async def handshake(port: int) -> str:
     """A new session (on whichever worker's turn it is); its sid."""
     connection = await open_connection(port)
     async with connection.stream:
-        body = await connection.request("GET", PATH)
+        _, body = await connection.request("GET", PATH)
     return body.decode().split('"sid":"', 1)[1].split('"', 1)[0]
 
 
@@ -125,15 +81,16 @@ async def drive(port: int, sessions: list[Session], deadline: float, counts: lis
                 # A pong in every POST, as pings come every 25 s: a pong nobody asked
                 # for changes nothing.
                 body = b"4hello\x1e3"
-                answer = await connection.request("POST", f"{PATH}&sid={session.sid}", body)
+                _, answer = await connection.request("POST", f"{PATH}&sid={session.sid}",
+                                                     body)
                 assert answer == b"ok", answer
             for session in sessions:
-                answer = await connection.request("GET", f"{PATH}&sid={session.sid}")
+                _, answer = await connection.request("GET", f"{PATH}&sid={session.sid}")
                 packets = answer.split(b"\x1e")
                 assert b"4hello" in packets, answer
             counts[0] += 2 * len(sessions)
     finally:
-        await connection.stream.aclose()
+        await connection.aclose()
 
 
 async def run(port: int, mode: str, seconds: float, connections: int, pid: int

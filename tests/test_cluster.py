@@ -221,7 +221,10 @@ async def test_disconnect_across_nodes_requeues_partner(cluster: Cluster) -> Non
                 await a.next_match()
         with trio.fail_after(DEADLINE):
             await a.wait_for(RemoteStopped)
-            document = await cluster.status_until(2, lambda s: s["rooms"]["active"] == 0)
+            # Ann's node re-queues her after telling her (its script runs after the
+            # emit): wait for the queue too, not only for the room's end.
+            document = await cluster.status_until(
+                2, lambda s: s["rooms"]["active"] == 0 and s["queue"]["size"] > 0)
         assert document["queue"] == {"size": 1, "users": ["Ann"]}
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from liveloop.cluster import notices as wire
 from liveloop.cluster import scripts
@@ -215,6 +217,44 @@ def test_resp_commands_and_replies() -> None:
     assert replies.feed(b":1\r\n:0") == []
     assert replies.feed(b"\r\n-ERR no\r\n+OK\r\n") == ["ERR no"]
     assert replies.count == 4
+
+
+def _push(items: list[bytes | int]) -> bytes:
+    out = b"*%d\r\n" % len(items)
+    for item in items:
+        out += b":%d\r\n" % item if isinstance(item, int) else (
+            b"$%d\r\n%s\r\n" % (len(item), item))
+    return out
+
+
+@given(st.lists(st.lists(st.binary(max_size=40) | st.integers(-5, 10**6), min_size=1,
+                         max_size=4), max_size=6),
+       st.lists(st.integers(0, 400), max_size=8))
+def test_resp_pushes_are_read_whatever_the_reads_split(
+        pushes: list[list[bytes | int]], cuts: list[int]) -> None:
+    """What a subscribed connection receives (the raw subscriber's parser): every push,
+    in order, however the bytes arrive, binary data (CR LF inside) included."""
+    from liveloop.cluster import resp
+
+    data = b"+OK\r\n" + b"".join(_push(push) for push in pushes)
+    parser = resp.Pushes()
+    got: list[list[bytes | int]] = []
+    start = 0
+    for cut in [*sorted({min(cut, len(data)) for cut in cuts}), len(data)]:
+        got += parser.feed(data[start:cut])
+        start = cut
+    assert got == [[b"+OK"], *pushes]
+
+
+def test_resp_pushes_refuse_errors_and_oversized_strings() -> None:
+    from liveloop.cluster import resp
+
+    with pytest.raises(resp.ReplyError, match="NOAUTH"):
+        resp.Pushes().feed(b"-NOAUTH Authentication required.\r\n")
+    with pytest.raises(resp.ReplyError, match="bytes"):
+        resp.Pushes().feed(b"*1\r\n$%d\r\n" % (resp.MAX_BULK + 1))
+    with pytest.raises(resp.ReplyError, match="type"):
+        resp.Pushes().feed(b"$3\r\nabc\r\n")
 
 
 async def test_match_notice_after_its_rooms_end_is_followed_by_the_end(

@@ -20,10 +20,10 @@ import socket
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-import h11
 import pytest
 import trio
 
+from liveloop.bench.http1 import KeptAlive
 from liveloop.server.routing import NEW, TAGS, Handoff, owner_of, tag_sid
 
 from .conftest import DEADLINE, Sock
@@ -73,41 +73,11 @@ def passed_requests(running: Running) -> dict[int, int]:
     return {int(w): int(n) for w, n in _PASSED.findall(running.text())}
 
 
-class Http:
-    """A kept-alive HTTP/1.1 connection, one request at a time."""
-
-    def __init__(self, stream: trio.SocketStream, host: str) -> None:
-        self._stream = stream
-        self._host = host
-        self._http = h11.Connection(h11.CLIENT)
-
-    async def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
-        http = self._http
-        headers = [("Host", self._host), ("Content-Length", str(len(body)))]
-        data = http.send(h11.Request(method=method, target=target, headers=headers))
-        data += http.send(h11.Data(data=body)) if body else b""
-        await self._stream.send_all(data + http.send(h11.EndOfMessage()))
-        status = 0
-        received = bytearray()
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                http.receive_data(await self._stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                received += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                http.start_next_cycle()
-                return status, bytes(received)
-            else:
-                raise AssertionError(f"unexpected {event!r}")
-
-
-async def connect(url: str) -> Http:
+async def connect(url: str) -> KeptAlive:
+    """One kept-alive connection to ``url`` (a server closing it fails the next request)."""
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None
-    return Http(await trio.open_tcp_stream(parts.hostname, parts.port), parts.netloc)
+    return await KeptAlive.open(parts.hostname, parts.port)
 
 
 POLLING = "/socket.io/?EIO=4&transport=polling"

@@ -2,7 +2,7 @@
 # Connection state recovery on against off, and delivered relays under steady cuts beside
 # Node's socket.io (recovery on) and python-socketio. Figures for docs/performance.md.
 #
-#   npm ci --prefix benchmarks/baselines/node_sio   # Node's socket.io, for the bench only
+#   npm ci --prefix benchmarks/baselines/node   # Node's socket.io, for the bench only
 #   bash benchmarks/experiments/recovery_on_off.sh
 #
 # The server runs on CPU 0, the generator on CPU 1 (as benchmarks/run.py does). Each
@@ -50,7 +50,7 @@ cuts() {  # cuts NAME: the cuts scenario against what listens on $PORT
     --duration 30 --cut-every 3 --grace 5
 }
 pid=$(serve 20); cuts "Live Loop, recovery on"; kill "$pid"; wait "$pid" 2>/dev/null || true
-taskset -c 0 node benchmarks/baselines/node_sio/server.mjs --port $PORT 2>/dev/null &
+taskset -c 0 node benchmarks/baselines/node/server.mjs --port $PORT --recovery 2>/dev/null &
 pid=$!; sleep 1; cuts "Node socket.io 4.8, connectionStateRecovery on"; kill $pid
 taskset -c 0 $PY benchmarks/baselines/psio_server.py --port $PORT &
 pid=$!; sleep 3; cuts "python-socketio"; kill $pid

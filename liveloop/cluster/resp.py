@@ -50,3 +50,74 @@ class Replies:
         *lines, self._buffer = self._buffer.split(b"\r\n")
         self.count += len(lines)
         return [line[1:].decode(errors="replace") for line in lines if line[:1] == b"-"]
+
+
+class ReplyError(Exception):
+    """Redis answered a subscription's command with an error."""
+
+
+MAX_BULK = 16 * 2**20
+"""The largest bulk string a push may carry: more is a broken stream, not a notice (a
+relay's payload is bounded far below by the server's message limits)."""
+
+
+class Pushes:
+    """What a subscribed connection receives, fed as bytes arrive: RESP2 arrays of bulk
+    strings and integers (``["message", channel, data]``, ``["subscribe", channel,
+    n]``) and simple strings (``+OK`` to AUTH, as ``[b"+OK"]``). An error reply raises
+    :class:`ReplyError`; the buffer never holds more than one incomplete push, of at most
+    :data:`MAX_BULK` bytes per string."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[list[bytes | int]]:
+        """Take ``data``; return the pushes completed by it, in order."""
+        buffer = self._buffer
+        buffer += data
+        pushes: list[list[bytes | int]] = []
+        position = 0
+        while position < len(buffer):
+            push, end = self._one(buffer, position)
+            if push is None:
+                break
+            pushes.append(push)
+            position = end
+        del buffer[:position]
+        return pushes
+
+    @staticmethod
+    def _one(buffer: bytearray, start: int) -> tuple[list[bytes | int] | None, int]:
+        line_end = buffer.find(b"\r\n", start)
+        if line_end < 0:
+            return None, start
+        kind = buffer[start]
+        if kind == 0x2B:  # +simple string
+            return [bytes(buffer[start:line_end])], line_end + 2
+        if kind == 0x2D:  # -error
+            raise ReplyError(buffer[start + 1:line_end].decode(errors="replace"))
+        if kind != 0x2A:  # *array
+            raise ReplyError(f"unexpected reply type {chr(kind)!r}")
+        count = int(buffer[start + 1:line_end])
+        items: list[bytes | int] = []
+        position = line_end + 2
+        for _ in range(count):
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                return None, start
+            kind = buffer[position]
+            if kind == 0x3A:  # :integer
+                items.append(int(buffer[position + 1:line_end]))
+                position = line_end + 2
+            elif kind == 0x24:  # $bulk string
+                size = int(buffer[position + 1:line_end])
+                if not 0 <= size <= MAX_BULK:
+                    raise ReplyError(f"bulk string of {size} bytes")
+                begin = line_end + 2
+                if begin + size + 2 > len(buffer):
+                    return None, start
+                items.append(bytes(buffer[begin:begin + size]))
+                position = begin + size + 2
+            else:
+                raise ReplyError(f"unexpected item type {chr(kind)!r}")
+        return items, position
