@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""The relayed event's JSON encoding: the packet encoder as it is against the one it
+replaced (``json.JSONEncoder.encode``, which makes a C encoder on every call, and a
+surrogate search over every text), interleaved in one process so that the machine's
+load weighs on both alike.
+
+    python benchmarks/experiments/encode_event.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import timeit
+from typing import Any
+
+from liveloop.wire import socketio
+
+EVENT = ["new-ice-candidates", {"candidate": {
+    "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 40001 typ host generation 0",
+    "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "1234567.89"}}]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_before_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                                  separators=(",", ":")).encode
+
+
+def before(data: Any) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", _before_encode(data))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--number", type=int, default=50_000)
+    args = parser.parse_args()
+    assert before(EVENT) == socketio._dumps(EVENT)
+    n = args.number
+    for number in range(args.rounds):
+        old = min(timeit.repeat(lambda: before(EVENT), number=n, repeat=3)) / n * 1e6
+        new = min(timeit.repeat(lambda: socketio._dumps(EVENT), number=n, repeat=3)) / n * 1e6
+        print(f"round {number + 1}: before {old:.2f} µs, now {new:.2f} µs, "
+              f"now / before {new / old:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
