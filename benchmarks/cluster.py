@@ -203,7 +203,9 @@ def saturation_rows(report: dict[str, Any]) -> dict[str, float | None]:
     used = (roles["servers"] + roles["redis"]) / seconds
     return {
         "relayed msg/s": rate,
-        "clients paired across workers": dig(report, "relay", "clients_paired_across"),
+        # (a sid's first character names its worker only under --workers)
+        "clients paired across workers": dig(report, "relay", "clients_paired_across")
+        if any("worker" in label for label in report.get("pids", {})) else None,
         "lost": dig(report, "relay", "lost"),
         "latency p50 ms": dig(report, "relay", "latency_ms", "p50"),
         "latency p99 ms": dig(report, "relay", "latency_ms", "p99"),
