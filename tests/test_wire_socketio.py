@@ -363,3 +363,36 @@ def test_decoder_raises_only_protocol_error(frames: list[str | bytes],
             packet = _feed(decoder, frame)
             if packet is not None:
                 sio.encode(packet)  # whatever decodes can be sent on
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(_JSON, st.booleans(), st.booleans())
+def test_the_compact_encoder_writes_what_json_dumps_writes(
+        data: Any, ensure_ascii: bool, allow_nan: bool) -> None:
+    """The encoder made once (fastjson) for every packet and every notice across nodes:
+    the same text as ``json.dumps`` with the same options, and the same refusals."""
+    from liveloop.wire.fastjson import compact_encoder
+
+    encode = compact_encoder(ensure_ascii=ensure_ascii, allow_nan=allow_nan)
+    try:
+        expected = json.dumps(data, separators=(",", ":"), ensure_ascii=ensure_ascii,
+                              allow_nan=allow_nan)
+    except ValueError:
+        with pytest.raises(ValueError):
+            encode(data)
+        return
+    assert encode(data) == expected
+
+
+def test_the_compact_encoder_refuses_what_is_not_json() -> None:
+    from liveloop.wire.fastjson import compact_encoder
+
+    encode = compact_encoder(ensure_ascii=False)
+    for value in (b"x", {1j: 1}, object(), [{"a": {1, 2}}]):
+        with pytest.raises(TypeError):
+            encode(value)

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The relayed event's JSON encoding: the packet encoder as it is against the one it
-replaced (``json.JSONEncoder.encode``, which makes a C encoder on every call, and a
-surrogate search over every text), interleaved in one process so that the machine's
-load weighs on both alike.
+"""The JSON encodings of a relay: the relayed event's packet, and the notice that carries
+it to another node, each as it is (``liveloop.wire.fastjson``) against what it replaced
+(``json.JSONEncoder.encode`` and ``json.dumps(..., separators=...)``, which make a C
+encoder on every call, and a surrogate search over every text), interleaved in one
+process so that the machine's load weighs on both alike.
 
     python benchmarks/experiments/encode_event.py [--rounds 5]
 """
@@ -16,6 +17,7 @@ import sys
 import timeit
 from typing import Any
 
+from liveloop.cluster import notices
 from liveloop.wire import socketio
 
 EVENT = ["new-ice-candidates", {"candidate": {
@@ -31,18 +33,30 @@ def before(data: Any) -> str:
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", _before_encode(data))
 
 
+NOTICE = notices.DeliverNotice("s" * 20, "node", "r" * 22, EVENT[0], EVENT[1])
+
+
+def notice_before(notice: notices.DeliverNotice) -> str:
+    return json.dumps(["D", notice.sid, notice.node, notice.room_id, notice.event,
+                       notice.payload], separators=(",", ":"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--number", type=int, default=50_000)
     args = parser.parse_args()
     assert before(EVENT) == socketio._dumps(EVENT)
+    assert notice_before(NOTICE) == notices.encode(NOTICE)
     n = args.number
+    pairs = {"event": (lambda: before(EVENT), lambda: socketio._dumps(EVENT)),
+             "notice": (lambda: notice_before(NOTICE), lambda: notices.encode(NOTICE))}
     for number in range(args.rounds):
-        old = min(timeit.repeat(lambda: before(EVENT), number=n, repeat=3)) / n * 1e6
-        new = min(timeit.repeat(lambda: socketio._dumps(EVENT), number=n, repeat=3)) / n * 1e6
-        print(f"round {number + 1}: before {old:.2f} µs, now {new:.2f} µs, "
-              f"now / before {new / old:.2f}", flush=True)
+        for name, (was, now) in pairs.items():
+            old = min(timeit.repeat(was, number=n, repeat=3)) / n * 1e6
+            new = min(timeit.repeat(now, number=n, repeat=3)) / n * 1e6
+            print(f"round {number + 1}, {name}: before {old:.2f} µs, now {new:.2f} µs, "
+                  f"now / before {new / old:.2f}", flush=True)
     return 0
 
 

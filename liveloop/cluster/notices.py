@@ -18,6 +18,10 @@ from typing import Any
 
 import attrs
 
+from ..wire.fastjson import compact_encoder
+
+_compact = compact_encoder(ensure_ascii=True, allow_nan=True)  # as json.dumps
+
 
 @attrs.frozen
 class MatchNotice:
@@ -79,9 +83,9 @@ def _from_fields(fields: list[Any]) -> Notice:
 
 def encode(notice: Notice) -> str:
     """The notice's wire text."""
-    if isinstance(notice, DeliverNotice):
-        return json.dumps(["D", notice.sid, notice.node, notice.room_id, notice.event,
-                           notice.payload], separators=(",", ":"))
+    if isinstance(notice, DeliverNotice):  # one per relay across nodes
+        return _compact(["D", notice.sid, notice.node, notice.room_id, notice.event,
+                         notice.payload])
     if isinstance(notice, EndNotice):
         return json.dumps(["E", notice.sid, notice.node, notice.room_id])
     return json.dumps(["M", notice.sid, notice.node, notice.ticket, notice.room_id,

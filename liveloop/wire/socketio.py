@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import enum
 import json
-import json.encoder
 import math
 import re
-from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
 from .errors import ProtocolError
+from .fastjson import compact_encoder
 
 
 class PacketType(enum.IntEnum):
@@ -47,32 +46,8 @@ _RESERVED_EVENTS = frozenset(
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _not_json(value: object) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON, non-ASCII as is, NaN refused, TypeError for anything else (bytes).
-
-    On CPython, the C encoder made once: ``json.JSONEncoder.encode`` makes a new one on
-    every call, which was half of its time for a relayed event. Without the circular
-    reference check: what is encoded here is decoded JSON (its depth capped on input)
-    or the server's own fresh dicts, which never refer to themselves.
-    """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:  # another Python: the pure encoder
-        return json.JSONEncoder(ensure_ascii=False, allow_nan=False,
-                                separators=(",", ":")).encode
-    chunks = make(None, _not_json, json.encoder.encode_basestring, None, ":", ",",
-                  False, False, False)
-
-    def encode(data: Any) -> str:
-        return "".join(chunks(data, 0))
-
-    return encode
-
-
-_json_encode = _json_encoder()
+# Non-ASCII as is (UTF-8 on the wire); see fastjson for why it is made once.
+_json_encode = compact_encoder(ensure_ascii=False)
 
 
 def _dumps(data: Any) -> str:
