@@ -14,7 +14,8 @@ servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`
   a guest run on the server's loop, and every other ASGI call crosses to it through
   :class:`~liveloop.guest.GuestRun` (see :mod:`liveloop.guest`); a crash there is
   logged at CRITICAL and ends the process with status 1 as well (the server itself
-  would go on serving).
+  would go on serving); under hypercorn's single spawned worker its parent, which would
+  exit 0, is ended too (:mod:`liveloop.hostexit`).
 
 Under any other async library the lifespan startup fails with :data:`WRONG_HOST`; a WSGI
 server (``gunicorn liveloop.app:app`` with its sync worker, ``wsgiref``) gets a 500 whose
