@@ -48,13 +48,15 @@ DRAIN_TIMEOUT = 60
 in a test is still draining when the test looks (its second SIGTERM stops it at once)."""
 
 
-def documented_config(language: str) -> str:
-    """The ``language`` configuration docs/deploy.md gives, between its
-    ``<!-- language-begin -->`` and ``<!-- language-end -->`` markers."""
-    block = re.compile(rf"<!-- {language}-begin -->\n```{language}\n(.*?)```\n"
-                       rf"<!-- {language}-end -->", re.S)
-    found = block.search(DOCS.read_text())
-    assert found, f"docs/deploy.md lost its {language} block markers"
+def documented_config(language: str, marker: str | None = None, doc: Path = DOCS) -> str:
+    """The ``language`` configuration ``doc`` (docs/deploy.md) gives, between its
+    ``<!-- marker-begin -->`` and ``<!-- marker-end -->`` markers (``marker``: the
+    language, unless named)."""
+    marker = marker or language
+    block = re.compile(rf"<!-- {marker}-begin -->\n```{language}\n(.*?)```\n"
+                       rf"<!-- {marker}-end -->", re.S)
+    found = block.search(doc.read_text())
+    assert found, f"{doc.name} lost its {marker} block markers"
     return found.group(1)
 
 

@@ -24,6 +24,7 @@ import trio
 
 from .cluster import free_port
 from .deploy import (  # the tests every balancer passes, run here on this deployment
+    DOCS,
     Balancer,
     Logged,
     address,
@@ -98,3 +99,17 @@ def test_the_documented_timeouts_outlast_a_silent_healthy_session() -> None:
     for name in ("client", "server", "tunnel"):
         (seconds,) = re.findall(rf"^\s*timeout {name} (\d+)s$", documented, re.M)
         assert beyond_ping_deadline(float(seconds)), name
+
+
+async def test_the_operations_guides_configuration_is_valid(tmp_path: Path) -> None:
+    """docs/operations.md's HAProxy with TLS, checked by ``haproxy -c`` (the
+    certificate, which the test has not got, left out of its ``bind``)."""
+    documented = documented_config("haproxy", "haproxy-tls", DOCS.parent / "operations.md")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(replace_once(r"^(\s*bind) :443 ssl crt .*$",
+                                   rf"\1 127.0.0.1:{free_port()}", documented))
+    checked = await trio.run_process([need_program("haproxy"), "-c", "-f", str(config)],
+                                     capture_stdout=True, capture_stderr=True, check=False)
+    output = (checked.stdout + checked.stderr).decode()
+    assert checked.returncode == 0, output
+    assert "[WARNING]" not in output, output
