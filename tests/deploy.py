@@ -35,7 +35,7 @@ from liveloop.config import Settings
 from .cluster import RedisServer, need_redis
 from .conftest import DEADLINE, Sock, http_get
 from .nodeclient import NodeClient
-from .processes import Running, liveloop_process
+from .processes import Running, liveloop_process, until_draining
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
 OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"}
@@ -306,10 +306,7 @@ async def test_a_draining_nodes_handshakes_are_retried_on_the_other(
                 await connect_from(sock, balancer.url, a_source, TRANSPORTS["default"])
             await match(a, b)
             draining.process.send_signal(signal.SIGTERM)
-            while True:  # another process's state: nothing to wait on but its answer
-                if (await http_get(draining.url, "/readyz")).status == 503:
-                    break
-                await trio.sleep(0.05)
+            await until_draining(draining.url)
             handshake = "/socket.io/?EIO=4&transport=polling"
             assert (await http_get(draining.url, handshake)).status == 503
             assert await get_from(a_source, balancer.url, handshake) == 200
