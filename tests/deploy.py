@@ -33,7 +33,7 @@ import trio
 from liveloop.config import Settings
 
 from .cluster import RedisServer, need_redis
-from .conftest import DEADLINE, Sock, http_get
+from .conftest import DEADLINE, Sock, http_get, receive_response
 from .nodeclient import NodeClient
 from .processes import Running, liveloop_process, until_draining
 
@@ -186,17 +186,9 @@ async def get_from(source: str, url: str, target: str) -> int:
         await stream.send_all(http.send(h11.Request(
             method="GET", target=target, headers=[("Host", host), ("Connection", "close")]))
             + http.send(h11.EndOfMessage()))
-        status = 0
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                http.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.ConnectionClosed):
-                return status
-            elif isinstance(event, h11.EndOfMessage):
-                http.receive_data(await stream.receive_some(65536))  # b"": closed
+        status = (await receive_response(http, stream)).status
+        assert await stream.receive_some(65536) == b""  # then the balancer closes
+        return status
 
 
 async def sources_per_node(balancer: Balancer, nodes: list[Running]) -> dict[str, str]:
