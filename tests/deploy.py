@@ -44,8 +44,8 @@ CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host
              "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "f00d"}
 OK = {"ok": True}
 DRAIN_TIMEOUT = 60
-"""Seconds a node's calls may go on after SIGTERM: long enough that a node told to stop
-in a test is still draining when the test looks (its second SIGTERM stops it at once)."""
+"""Seconds a node's calls may go on after SIGTERM: a node told to stop in a test drains
+for as long as its call lasts, well within this."""
 
 
 def documented_config(language: str, marker: str | None = None, doc: Path = DOCS) -> str:
