@@ -21,7 +21,8 @@ from liveloop.server.cors import OriginPolicy
 from .asgi import Response, http, websocket
 
 PATH = "/engine.io/"
-SETTINGS = Settings(ping_interval=25.0, ping_timeout=20.0, max_payload=1000, outbox_size=16)
+SETTINGS = Settings(ping_interval=25.0, ping_timeout=20.0, max_payload=1000, outbox_size=16,
+                    recovery_window=0)
 
 
 @pytest.fixture

@@ -40,6 +40,16 @@ async def http_get_unix(path: str, target: str) -> tuple[int, bytes]:
     return await http_get(await trio.open_unix_socket(path), target)
 
 
+async def check_serves(sock: Path) -> None:
+    """The app answers on ``sock``: its hello route, its status, an Engine.IO handshake."""
+    status, body = await http_get_unix(str(sock), "/")
+    assert (status, json.loads(body)) == (200, {"status": "OK", "message": "Hello, TypeScript!"})
+    status, body = await http_get_unix(str(sock), "/api/status")
+    assert status == 200 and json.loads(body)["queue"]["size"] == 0
+    status, body = await http_get_unix(str(sock), "/socket.io/?EIO=4&transport=polling")
+    assert status == 200 and body.startswith(b"0{")
+
+
 async def wait_for_socket(path: Path, process: trio.Process) -> None:
     """Poll until the server accepts on ``path`` (a process we don't control can't
     signal readiness otherwise)."""
@@ -80,14 +90,7 @@ async def test_the_users_command_serves_as_a_guest_on_asyncio(entry: Entry, tmp_
             trio.run_process, on_unix_socket(entry, sock), check=False))
         try:
             await wait_for_socket(sock, process)
-            status, body = await http_get_unix(str(sock), "/")
-            assert (status, json.loads(body)) == (
-                200, {"status": "OK", "message": "Hello, TypeScript!"})
-            status, body = await http_get_unix(str(sock), "/api/status")
-            assert status == 200 and json.loads(body)["queue"]["size"] == 0
-            status, body = await http_get_unix(
-                str(sock), "/socket.io/?EIO=4&transport=polling")
-            assert status == 200 and body.startswith(b"0{")
+            await check_serves(sock)
         finally:
             process.terminate()
         # a clean shutdown; uvicorn re-raises the signal once it has finished
@@ -168,14 +171,7 @@ async def test_hypercorn_trio_worker_serves(tmp_path: Path) -> None:
         ))
         try:
             await wait_for_socket(sock, process)
-            status, body = await http_get_unix(str(sock), "/")
-            assert (status, json.loads(body)) == (
-                200, {"status": "OK", "message": "Hello, TypeScript!"})
-            status, body = await http_get_unix(str(sock), "/api/status")
-            assert status == 200 and json.loads(body)["queue"]["size"] == 0
-            status, body = await http_get_unix(
-                str(sock), "/socket.io/?EIO=4&transport=polling")
-            assert status == 200 and body.startswith(b"0{")
+            await check_serves(sock)
             status, body = await http_get_unix(str(sock), "/app/")  # the web client
             assert status == 200 and b"<title>Live Loop</title>" in body
         finally:

@@ -307,6 +307,21 @@ async def test_an_offset_older_than_the_history_still_recovers(
     assert await back.call("send-new-ice-candidates", {"candidate": CANDIDATE}) == {"ok": True}
 
 
+async def test_a_whole_history_replayed_into_the_smallest_outbox_allowed(
+        nursery: trio.Nursery) -> None:
+    """recovery_packets one below outbox_size (the most Settings allows): the replay and
+    the CONNECT answer fill the outbox exactly, and the session goes on."""
+    h = await serve(nursery, recovery_packets=3, outbox_size=4)
+    a, b, _ = await pair(h)
+    for n in range(10):
+        await b.call("send-new-ice-candidates", {"candidate": {**CANDIDATE, "sdpMid": str(n)}})
+    await cut(a)
+    back = await h.connect(resume=a)
+    assert back.sid == a.sid
+    assert [e[1]["candidate"]["sdpMid"] for e in back.replayed] == ["7", "8", "9"]
+    assert await back.call("send-new-ice-candidates", {"candidate": CANDIDATE}) == {"ok": True}
+
+
 async def test_an_older_connection_still_open_is_closed_by_the_recovery(
         nursery: trio.Nursery) -> None:
     h = await serve(nursery)

@@ -26,7 +26,7 @@ import trio
 
 from liveloop.server.routing import NEW, TAGS, Handoff, owner_of, tag_sid
 
-from .conftest import DEADLINE, Sock
+from .conftest import DEADLINE, Sock, receive_response
 from .nodeclient import NodeClient
 from .processes import Running, liveloop_process
 
@@ -87,21 +87,9 @@ class Http:
         data = http.send(h11.Request(method=method, target=target, headers=headers))
         data += http.send(h11.Data(data=body)) if body else b""
         await self._stream.send_all(data + http.send(h11.EndOfMessage()))
-        status = 0
-        received = bytearray()
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
-                http.receive_data(await self._stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                received += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                http.start_next_cycle()
-                return status, bytes(received)
-            else:
-                raise AssertionError(f"unexpected {event!r}")
+        response = await receive_response(http, self._stream)
+        assert http.our_state is http.their_state is h11.IDLE, "the connection closed"
+        return response.status, response.body
 
 
 async def connect(url: str) -> Http:
