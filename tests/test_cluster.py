@@ -32,6 +32,7 @@ from liveloop.client.socketio import Disconnected
 
 from .cluster import Node, RedisServer, need_redis, start_nodes
 from .conftest import http_get
+from .proxy import CuttingProxy
 
 DEADLINE = 15
 TIMEOUT = 3
@@ -94,12 +95,13 @@ async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
 
 @asynccontextmanager
 async def make_cluster(nursery: trio.Nursery, redis: RedisServer, count: int = 3,
-                       **env: Any) -> AsyncIterator[Cluster]:
+                       urls: dict[int, str] | None = None, **env: Any
+                       ) -> AsyncIterator[Cluster]:
     env.setdefault("rate_limits", "false")
     # Every test client comes from 127.0.0.1: the per-address limits would refuse them.
     env.setdefault("handshakes_per_ip", 1_000_000)
     env.setdefault("max_connections_per_ip", 1_000_000)
-    nodes = await start_nodes(nursery, redis.url, count, **env)
+    nodes = await start_nodes(nursery, redis.url, count, urls, **env)
     try:
         yield Cluster(redis, nodes)
     except BaseException:
@@ -208,6 +210,49 @@ async def test_stop_across_nodes(cluster: Cluster) -> None:
         with trio.fail_after(DEADLINE):
             refused = await a.sio.call("negotiation-call-offer", {"offer": OFFER})
         assert refused[0]["error"]["code"] == "not-in-room"
+
+
+HOLD = 1.0
+"""How long a test holds a node's traffic to Redis (see below)."""
+
+
+async def test_an_acked_stop_is_done_before_a_later_request_on_another_node(
+        nursery: trio.Nursery, redis: RedisServer) -> None:
+    """When a client has its ack, the change is in Redis: Ann, queued on node 0, stops;
+    once that is acked, Bob asks on node 1, and must never be paired with her.
+
+    Node 0 reaches Redis through a proxy that holds its traffic for HOLD seconds while
+    Ann stops, as a slow link or a busy node would. Acked before Redis has it (the bug
+    this guards against), Ann's ack comes at once, Bob asks meanwhile, and node 1's
+    script finds Ann still queued and pairs them. Acked after (the fix), the ack waits
+    for the hold to end and the outcome is the same whatever HOLD is: the wait below
+    only decides when the link is released, never what the test sees."""
+    proxy = CuttingProxy(redis.port)
+    port = (await nursery.start(proxy.run)).rsplit(":", 1)[1]
+    async with make_cluster(nursery, redis, count=2,
+                            urls={0: f"redis://127.0.0.1:{port}"}) as cluster, \
+            cluster.session():
+        a = await cluster.client(0)
+        b = await cluster.client(1)
+        done = trio.Event()
+
+        async def stop_then_request() -> None:
+            (await a.stop_call()).raise_for_error()
+            (await b.request_room("Bob")).raise_for_error()  # after Ann's ack
+            done.set()
+
+        with trio.fail_after(DEADLINE):
+            (await a.request_room("Ann")).raise_for_error()
+            await cluster.status_until(1, lambda s: s["queue"]["users"] == ["Ann"])
+            proxy.hold()
+            async with trio.open_nursery() as inner:
+                inner.start_soon(stop_then_request)
+                with trio.move_on_after(HOLD):
+                    await done.wait()
+                proxy.resume()
+            document = await cluster.status_until(
+                0, lambda s: s["queue"]["users"] == ["Bob"])
+        assert document["rooms"] == {"active": 0, "total": 0}
 
 
 async def test_disconnect_across_nodes_requeues_partner(cluster: Cluster) -> None:
