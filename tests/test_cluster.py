@@ -291,6 +291,24 @@ async def test_an_acked_hangup_has_ended_the_room_for_every_node(
         assert seen[0]["rooms"]["active"] == 0
 
 
+async def test_an_acked_next_is_done_for_every_node(nursery: trio.Nursery,
+                                                     redis: RedisServer) -> None:
+    """Ann (node 0) presses Next in her call with Bob (node 1); once that is acked, the
+    room is gone and Ann is queued, for the whole service."""
+    async with held_cluster(nursery, redis) as (cluster, proxy):
+        a, _ = await pair(cluster, 0, 1)
+        seen: list[dict[str, Any]] = []
+
+        async def next_then_look() -> None:
+            (await a.next_partner()).raise_for_error()
+            seen.append(await cluster.status(1))  # after Ann's ack
+
+        with trio.fail_after(DEADLINE):
+            await while_held(proxy, next_then_look)
+        assert seen[0]["rooms"]["active"] == 0
+        assert "Ann" in seen[0]["queue"]["users"]
+
+
 async def test_disconnect_across_nodes_requeues_partner(cluster: Cluster) -> None:
     async with cluster.session():
         a = await cluster.client(0)
