@@ -58,6 +58,9 @@ def new_room_id() -> str:
 class Matchmaker:
     """The matchmaker actor. Send it messages through :attr:`mailbox`; start :meth:`run`."""
 
+    confirms = False
+    """Acks need not wait: this mailbox's order is the order of every change."""
+
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)

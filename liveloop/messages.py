@@ -14,6 +14,13 @@ Who sends what, and through which channel:
 - connection -> its partner's connection, while both are in one room (``socket.post``):
   :class:`Deliver`, a relayed event. A room's members are fixed for its life, so the
   sender reaches its partner without a hop through the room's task.
+
+:class:`Enqueue`, :class:`Withdraw` and :class:`Hangup` may carry ``applied``, an event
+the shared state sets once the change is applied where every node sees it (with Redis:
+the script has run). The one mutable thing in a message, on purpose: it is how a
+connection acks its client only after the change is done (docs/events.md, "What an ack
+means"). The in-process matchmaker and rooms never need it (their mailboxes' order is the
+order of changes), and it is None there.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ class Enqueue:
 
     member: Member
     ticket: int
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 @attrs.frozen
@@ -73,6 +82,8 @@ class Withdraw:
 
     sid: str
     reason: HangupReason
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 @attrs.frozen
@@ -92,6 +103,14 @@ class Returned:
 MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned
 
 
+def release(message: object) -> None:
+    """Set ``message``'s ``applied`` if it has one: it is applied, or nobody will apply
+    it (its room has ended, the matchmaker has stopped), so its sender need not wait."""
+    applied = getattr(message, "applied", None)
+    if applied is not None:
+        applied.set()
+
+
 # -- to a room -------------------------------------------------------------------------
 
 
@@ -101,6 +120,8 @@ class Hangup:
 
     sender: str
     reason: HangupReason
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 RoomMessage = Hangup

@@ -7,7 +7,9 @@ layer's promise), so the peer owns its state without locks. It
   target named is its own room and partner, and forwards a typed message to the
   matchmaker or its current room;
 - answers every event: ``{ok: true}`` when honoured, otherwise ``error-message`` and, if
-  the client asked for an ack, ``{ok: false, error}``;
+  the client asked for an ack, ``{ok: false, error}``; the ack comes once the change is
+  done where every process sees it (with Redis: after the script has run; see
+  :meth:`Peer.on_event`);
 - is the only place that emits Live Loop events to its client. Matchmaker and rooms post
   it messages; it emits them in the order they arrive, and drops what belongs to a room
   it is no longer in. So, per connection: events leave in the order the server decided
@@ -54,6 +56,7 @@ from .messages import (
     RoomEnded,
     RoomMessage,
     Withdraw,
+    release,
 )
 from .metrics import Metrics
 from .ratelimit import RateLimiter, RelayBudget
@@ -94,7 +97,8 @@ class Peer:
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 metrics: Metrics, ice: IceServers | None = None) -> None:
+                 metrics: Metrics, ice: IceServers | None = None, *,
+                 confirm: bool = False) -> None:
         self._socket = socket
         self._sid = socket.sid
         self._settings = settings
@@ -118,6 +122,10 @@ class Peer:
         self._ice = ice
         # This connection's id in TURN usernames; made on the first get-ice-servers.
         self._turn_id: str | None = None
+        self._confirm = confirm
+        # While an event is handled with `confirm`: the `applied` events its changes
+        # carry, all waited for before its ack.
+        self._receipts: list[trio.Event] | None = None
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -137,14 +145,34 @@ class Peer:
 
     async def on_event(self, event: str, args: list[JSON], ack: Ack | None) -> None:
         """Handle one client event; always answers (ack and/or ``error-message``), never
-        raises for anything the client sent."""
+        raises for anything the client sent.
+
+        The answer comes once what the event changed is done for everyone: in one
+        process, once the matchmaker or room has the message (their mailboxes order
+        every change); with ``confirm`` (shared state in Redis), once each change's
+        script has run, so an event another client sends after this ack, to any node,
+        is ordered after it (docs/events.md, "What an ack means")."""
+        receipts: list[trio.Event] | None = [] if self._confirm else None
+        self._receipts = receipts
+        error: LiveLoopError | None = None
+        answer: dict[str, object] | None = None
         try:
             if event not in HANDLED_EVENTS:
                 raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
                                     f"unknown event {str(event)[:64]!r}")
             payload = events.parse(event, args[0] if args else None, self._settings)
             answer = await self._dispatch(payload)
-        except LiveLoopError as error:
+        except LiveLoopError as caught:
+            error = caught
+        finally:
+            self._receipts = None
+        if receipts:
+            # Bounded: a change the node could not apply makes it drop its clients
+            # within node_timeout; it always sets these first (cluster/node.py).
+            with trio.move_on_after(self._settings.node_timeout):
+                for receipt in receipts:
+                    await receipt.wait()
+        if error is not None:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
@@ -229,7 +257,8 @@ class Peer:
         if call is not None:  # "Next"
             self._leave_call()
             await self._tell_matchmaker(Avoid(self._sid, call.partner.sid))
-            await self._tell_room(call, Hangup(self._sid, HangupReason.NEXT))
+            await self._tell_room(call, Hangup(self._sid, HangupReason.NEXT,
+                                               self._receipt()))
         await self._enqueue(member)
         if stale:
             raise LiveLoopError(ErrorCode.INVALID_ROOM,
@@ -248,7 +277,8 @@ class Peer:
         if self._phase is Phase.IN_ROOM:
             call = self._check_target(stop.room_id, stop.target)
             self._leave_call()
-            await self._tell_room(call, Hangup(self._sid, HangupReason.STOP))
+            await self._tell_room(call, Hangup(self._sid, HangupReason.STOP,
+                                               self._receipt()))
         elif self._phase is Phase.QUEUED:
             if stop.room_id is not None:
                 raise LiveLoopError(ErrorCode.INVALID_ROOM,
@@ -257,7 +287,8 @@ class Peer:
                 raise LiveLoopError(ErrorCode.INVALID_TARGET,
                                     "you have no partner; nothing stopped")
             self._phase = Phase.IDLE
-            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.STOP))
+            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.STOP,
+                                                 self._receipt()))
         else:
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
 
@@ -353,12 +384,22 @@ class Peer:
             return  # nobody is matched here any more: the connection is about to close
         self._ticket += 1
         self._phase = Phase.QUEUED
-        await self._tell_matchmaker(Enqueue(member, self._ticket))
+        await self._tell_matchmaker(Enqueue(member, self._ticket, self._receipt()))
+
+    def _receipt(self) -> trio.Event | None:
+        """An event for the shared state to set once the change about to be sent is
+        applied, if the current event's ack waits for that (:meth:`on_event`)."""
+        if self._receipts is None:
+            return None
+        applied = trio.Event()
+        self._receipts.append(applied)
+        return applied
 
     async def _tell_matchmaker(self, message: MatchmakerMessage) -> None:
         try:
             await self._matchmaker.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            release(message)
             # Only when the matchmaker has stopped: at shutdown (every peer then gets
             # here, hence no error), or when it died, which ends the process anyway.
             log.info("matchmaker stopped; message dropped", extra={
@@ -369,6 +410,7 @@ class Peer:
         try:
             await call.inbox.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            release(message)  # the room has ended: nothing left to wait for
             return False
         return True
 
@@ -382,8 +424,9 @@ class LiveLoopNamespace:
                  snapshot: Callable[[], Snapshot],
                  clock: Callable[[], float] = trio.current_time,
                  metrics: Metrics | None = None,
-                 ice: IceServers | None = None) -> None:
+                 ice: IceServers | None = None, *, confirm: bool = False) -> None:
         self._settings = settings
+        self._confirm = confirm
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
@@ -393,4 +436,4 @@ class LiveLoopNamespace:
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
         return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
-                    self._metrics, self._ice)
+                    self._metrics, self._ice, confirm=self._confirm)

@@ -28,7 +28,8 @@ class LiveLoop:
         self.matchmaker: SharedState = shared_state(settings, self.metrics)
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
                                             self._snapshot, metrics=self.metrics,
-                                            ice=IceServers.from_settings(settings))
+                                            ice=IceServers.from_settings(settings),
+                                            confirm=self.matchmaker.confirms)
         self.metrics.watch(self._snapshot)
 
     def _snapshot(self) -> Snapshot:

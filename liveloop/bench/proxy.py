@@ -10,6 +10,8 @@
   either way (a dead Wi-Fi: nobody is told; heartbeats find out).
 - While :attr:`CuttingProxy.refusing` is set, new connections are reset at once (the
   client's reconnection attempts fail until it is cleared).
+- :meth:`CuttingProxy.hold` keeps what arrives, either way, until :meth:`CuttingProxy.resume`
+  forwards it (a slow link, delayed as long as a test wants: nothing lost).
 
 It runs in the caller's nursery (``url = await nursery.start(proxy.run)``).
 """
@@ -47,6 +49,8 @@ class CuttingProxy:
         self._target = target_port
         self._links: set[_Link] = set()
         self.refusing = False
+        self._flowing = trio.Event()
+        self._flowing.set()
         self.connections = 0
         """Connections accepted (and forwarded) so far."""
         self.cuts = 0
@@ -72,6 +76,16 @@ class CuttingProxy:
         for link in self._links:
             link.silent = True
 
+    def hold(self) -> None:
+        """Forward nothing more until :meth:`resume`; keep it (the kernel's buffers, then
+        the senders wait)."""
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        """Forward what was held, and go on forwarding."""
+        self._flowing.set()
+
     async def _handle(self, client: trio.SocketStream) -> None:
         if self.refusing:
             _reset(client)
@@ -94,13 +108,15 @@ class CuttingProxy:
             _reset(client)
             _reset(server)
 
-    @staticmethod
-    async def _pump(link: _Link, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    async def _pump(self, link: _Link, source: trio.SocketStream, sink: trio.SocketStream
+                    ) -> None:
         try:
             while True:
                 data = await source.receive_some(65536)
                 if not data:
                     break
+                if not self._flowing.is_set():
+                    await self._flowing.wait()
                 if not link.silent:
                     await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

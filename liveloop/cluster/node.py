@@ -55,6 +55,7 @@ from ..messages import (
     RoomEnded,
     RoomMessage,
     Withdraw,
+    release,
 )
 from ..metrics import Metrics
 from ..room import INBOX_SIZE
@@ -107,6 +108,10 @@ class _LocalRoom:
 class ClusterMatchmaker:
     """One node's matchmaker on shared state. Send it messages through :attr:`mailbox`;
     start :meth:`run`. Implements :class:`~liveloop.shared.SharedState`."""
+
+    confirms = True
+    """Connections wait for a change's ``applied`` before acking it: other nodes' changes
+    are not ordered by this node's mailbox (docs/events.md, "What an ack means")."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, *,
                  prefix: str = "ll:") -> None:
@@ -194,6 +199,15 @@ class ClusterMatchmaker:
                 await self._handle(batch)
 
     async def _handle(self, batch: list[MatchmakerMessage]) -> None:
+        try:
+            await self._handle_batch(batch)
+        finally:
+            # Each sender's ack waits for this (docs/events.md, "What an ack means"). On
+            # a failure too: the node is then dirty and drops its clients.
+            for message in batch:
+                release(message)
+
+    async def _handle_batch(self, batch: list[MatchmakerMessage]) -> None:
         now = trio.current_time()
         for message in batch:
             if isinstance(message, Enqueue):
@@ -316,6 +330,13 @@ class ClusterMatchmaker:
     def _close_room(self, room_id: str) -> None:
         room = self._rooms.pop(room_id, None)
         if room is not None:
+            # A Hangup still waiting here finds its room ended already: its sender's
+            # ack may go (the room is gone in Redis, or the node drops its clients).
+            while True:
+                try:
+                    release(room.receive.receive_nowait())
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                    break
             room.receive.close()  # senders now fail at once; the room's task ends
 
     async def _run_room(self, room: _LocalRoom) -> None:
@@ -325,10 +346,13 @@ class ClusterMatchmaker:
             message: Hangup = await room.receive.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return
-        result = await self._change("LEAVE", (message.sender, room.room_id))
-        if result is not None:
-            await self._apply(wire.from_script(result))
-        self._close_room(room.room_id)
+        try:
+            result = await self._change("LEAVE", (message.sender, room.room_id))
+            if result is not None:
+                await self._apply(wire.from_script(result))
+        finally:
+            release(message)
+            self._close_room(room.room_id)
 
     # -- tasks ----------------------------------------------------------------------------
 
