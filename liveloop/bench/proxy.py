@@ -10,6 +10,8 @@
   either way (a dead Wi-Fi: nobody is told; heartbeats find out).
 - While :attr:`CuttingProxy.refusing` is set, new connections are reset at once (the
   client's reconnection attempts fail until it is cleared).
+- :attr:`CuttingProxy.target` is the port new connections go to: changing it moves the
+  client's next connection to another server (a balancer that moved it).
 
 It runs in the caller's nursery (``url = await nursery.start(proxy.run)``).
 """
@@ -44,7 +46,7 @@ class CuttingProxy:
     """See the module docstring."""
 
     def __init__(self, target_port: int) -> None:
-        self._target = target_port
+        self.target = target_port
         self._links: set[_Link] = set()
         self.refusing = False
         self.connections = 0
@@ -77,7 +79,7 @@ class CuttingProxy:
             _reset(client)
             return
         try:
-            server = await trio.open_tcp_stream("127.0.0.1", self._target)
+            server = await trio.open_tcp_stream("127.0.0.1", self.target)
         except OSError:
             _reset(client)
             return

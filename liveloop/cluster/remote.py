@@ -12,9 +12,9 @@ import logging
 
 import trio
 
-from ..messages import Deliver
+from ..messages import Deliver, Fence
 from ..server.api import JSON
-from .notices import DeliverNotice, Notice
+from .notices import DeliverNotice, FenceNotice, Notice
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,17 @@ class RemoteSocket:
 
     def post(self, message: object) -> None:
         """As :meth:`send`, without waiting: dropped (and logged) if the publisher is
-        full, as a full mailbox would drop a local partner."""
-        if not isinstance(message, Deliver):
+        full, as a full mailbox would drop a local partner. A :class:`Fence` (the partner
+        moved) goes the same way."""
+        notice: Notice
+        if isinstance(message, Deliver):
+            notice = self._notice(message)
+        elif isinstance(message, Fence):
+            notice = FenceNotice(self._sid, self._node, message.room_id)
+        else:
             return
         try:
-            self._publish.send_nowait(self._notice(message))
+            self._publish.send_nowait(notice)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("publisher full or closed: dropped a relay to %s", self._node)
 

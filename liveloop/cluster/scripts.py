@@ -5,8 +5,10 @@ Keys (all under one prefix, ``ll:`` unless a test picks another):
 - ``q``: sorted set of queued socket ids, scored by arrival (``seq``), FCFS order;
 - ``seq``: arrival counter; ``stats``: hash ``total`` (rooms made) and ``active``;
 - ``p:<sid>``: hash, one person queued or in a room: ``state`` (``q`` or ``r``),
-  ``node``, ``ticket``, ``name``, ``image``, and ``room`` when in one. Idle people have
-  no record;
+  ``node``, ``ticket``, ``name``, ``image``, and ``room`` when in one; ``away`` while a
+  queued person's connection is lost and may recover (kept in place, never paired).
+  Idle people have no record;
+- ``o:<pid>``: the node a moved connection state recovery record lives on (a day);
 - ``r:<room>``: hash ``a``, ``an``, ``b``, ``bn``: the members and their nodes;
 - ``n:<node>``: set of the socket ids that node has queued or placed;
 - ``c:<sid>|<sid>`` (the two sorted): a cooldown after "Next", expiring by itself;
@@ -71,6 +73,7 @@ local function place(room, first, f, second, s, out)
   table.insert(out, {'M', first, f.node, f.ticket, room, second, s.node, s.name, s.image, 1})
   table.insert(out, {'M', second, s.node, s.ticket, room, first, f.node, f.name, f.image, 0})
 end
+local function away(sid) return redis.call('HEXISTS', pkey(sid), 'away') == 1 end
 local function record(sid)
   local r = redis.call('HMGET', pkey(sid), 'node', 'ticket', 'name', 'image')
   return {node = r[1], ticket = r[2], name = r[3], image = r[4]}
@@ -107,7 +110,7 @@ redis.call('HSET', pkey(sid), 'state', 'q', 'node', node, 'ticket', ARGV[5],
            'name', ARGV[3], 'image', ARGV[4])
 redis.call('SADD', P .. 'n:' .. node, sid)
 for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[8]) - 1)) do
-  if other ~= sid then
+  if other ~= sid and not away(other) then
     if redis.call('EXISTS', ckey(sid, other)) == 0 then
       place(ARGV[7], other, record(other), sid, me, out)
       return {'paired', out}
@@ -151,10 +154,10 @@ local taken = {}
 local next_room = 2
 for i, first in ipairs(order) do
   if next_room > #ARGV then break end
-  if not taken[first] then
+  if not taken[first] and not away(first) then
     for j = i + 1, #order do
       local second = order[j]
-      if not taken[second] then
+      if not taken[second] and not away(second) then
         if redis.call('EXISTS', ckey(first, second)) == 0 then
           taken[first], taken[second] = true, true
           place(ARGV[next_room], first, record(first), second, record(second), out)
@@ -205,6 +208,69 @@ end
 return {1, out}
 """
 
+AWAY = _COMMON + r"""
+-- ARGV: sid. A queued person's connection is lost (they may recover): keep their
+-- place, pair nobody with them until RETURN. Nothing for anyone else.
+if redis.call('HGET', pkey(ARGV[1]), 'state') == 'q' then
+  redis.call('HSET', pkey(ARGV[1]), 'away', '1')
+end
+return {}
+"""
+
+RETURN = _COMMON + r"""
+-- ARGV: sid, new room id, scan limit. A person back after a lost connection: if queued,
+-- pair them with the longest-waiting present person they may be paired with (the one
+-- who waited longer is the initiator), else they wait in their place. Returns notices.
+local sid = ARGV[1]
+local out = {}
+local state = redis.call('HGET', pkey(sid), 'state')
+if not state then return out end
+redis.call('HDEL', pkey(sid), 'away')
+if state ~= 'q' then return out end
+local mine = tonumber(redis.call('ZSCORE', P .. 'q', sid))
+if not mine then return out end
+for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[3]) - 1)) do
+  if other ~= sid and not away(other) then
+    if redis.call('EXISTS', ckey(sid, other)) == 0 then
+      if tonumber(redis.call('ZSCORE', P .. 'q', other)) < mine then
+        place(ARGV[2], other, record(other), sid, record(sid), out)
+      else
+        place(ARGV[2], sid, record(sid), other, record(other), out)
+      end
+      return out
+    end
+    wake_when_cool(sid, other)
+  end
+end
+return out
+"""
+
+MOVE = _COMMON + r"""
+-- ARGV: sid, node. ``sid`` (queued or placed) now lives on ``node`` (it recovered there):
+-- its record, its node sets and its room name ``node``. Returns the partner's "moved"
+-- notice {'V', partner, partner_node, room, sid, node} when in a room.
+local sid, node = ARGV[1], ARGV[2]
+local r = redis.call('HMGET', pkey(sid), 'state', 'node', 'room')
+if not r[1] then return {} end
+if r[2] ~= node then
+  redis.call('SREM', P .. 'n:' .. r[2], sid)
+  redis.call('SADD', P .. 'n:' .. node, sid)
+  redis.call('HSET', pkey(sid), 'node', node)
+end
+if r[1] == 'r' then
+  local rkey = P .. 'r:' .. r[3]
+  local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
+  if m[1] == sid then
+    redis.call('HSET', rkey, 'an', node)
+    return {{'V', m[3], m[4], r[3], sid, node}}
+  elseif m[3] == sid then
+    redis.call('HSET', rkey, 'bn', node)
+    return {{'V', m[1], m[2], r[3], sid, node}}
+  end
+end
+return {}
+"""
+
 STATUS = r"""
 -- ARGV: names at most. Returns {queue size, rooms active, rooms total, names...}.
 local P = KEYS[1]
@@ -216,3 +282,6 @@ for _, sid in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[1]) - 1)) d
 end
 return out
 """
+
+NAMES = ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS", "AWAY", "RETURN", "MOVE")
+"""Every script, by its name here (what a node loads)."""

@@ -1,0 +1,223 @@
+"""Connection state recovery when the reconnect lands on another node or worker.
+
+Real processes on a real redis-server (tests/cluster.py), the official npm
+``socket.io-client`` (tests/js). The person who is cut reaches the service through
+:class:`~tests.proxy.CuttingProxy`; the test points the proxy at another node before the
+client reconnects (a balancer that moved it), or, under ``liveloop serve --workers 2``,
+lets the workers' turns hand the new handshake to the other worker.
+
+Their partner keeps sending throughout (each message acked before the next), so the
+move happens while relays are in flight: every message must arrive once, in order, and
+the partner must never hear of the cut. Waits are on client events under
+``trio.fail_after``; ``trio.sleep`` only paces what the partner sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+from .cluster import RedisServer, need_redis
+from .conftest import DEADLINE, Sock, http_get
+from .nodeclient import NodeClient
+from .processes import liveloop_process
+from .proxy import CuttingProxy
+from .test_cluster import make_cluster
+
+CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host", "sdpMid": "0",
+             "sdpMLineIndex": 0}
+
+
+@pytest.fixture
+async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
+    server = RedisServer(nursery, need_redis())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[NodeClient]:
+    async with NodeClient("node", buffer=20_000) as client:
+        yield client
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def join(node: NodeClient, name: str, url: str, **opts: Any) -> Sock:
+    sock, _ = await joined(node, name, url, **opts)
+    return sock
+
+
+async def joined(node: NodeClient, name: str, url: str, **opts: Any
+                 ) -> tuple[Sock, dict[str, Any]]:
+    """A connected socket, and its connect line."""
+    sock = Sock(node, name)
+    with trio.fail_after(DEADLINE):
+        await sock.connect(url, **opts)
+        line = await sock.wait("connect")
+    return sock, line
+
+
+async def call(sock: Sock, event: str, payload: Any) -> Any:
+    acked = await sock.client.emit(event, payload, ack=True, socket=sock.name)
+    assert acked is not None
+    return acked[0]
+
+
+async def queued(url: str, size: int) -> None:
+    with trio.fail_after(DEADLINE):
+        while True:
+            if (await http_get(url, "/api/status")).json()["queue"]["size"] == size:
+                return
+            await trio.sleep(0.02)  # another process: poll, under the deadline
+
+
+async def pair(a: Sock, b: Sock, status_url: str) -> str:
+    with trio.fail_after(DEADLINE):
+        assert await call(a, "request-room", {"name": "Ann"}) == {"ok": True}
+        await queued(status_url, 1)
+        assert await call(b, "request-room", {"name": "Bob"}) == {"ok": True}
+        room: str = (await a.receive("match-done"))["roomId"]
+        await b.receive("match-done")
+    return room
+
+
+def texts(sock: Sock, event: str = "Message:recived") -> list[str]:
+    sock.unread()
+    return [line["args"][0]["message"] for line in sock.log
+            if line.get("type") == "event" and line.get("event") == event]
+
+
+def told(sock: Sock) -> list[str]:
+    """Events that would tell ``sock`` its partner went or a new call began."""
+    sock.unread()
+    return [line["event"] for line in sock.log if line.get("type") == "event"
+            and line.get("event") in ("stop-by-remote-user", "match-done")]
+
+
+class Sender:
+    """The partner, sending numbered chat lines one after another (each acked)."""
+
+    def __init__(self, sock: Sock) -> None:
+        self.sock = sock
+        self.sent: list[str] = []
+        self.stop = trio.Event()
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            text = f"m{n}"
+            assert await call(self.sock, "newMessage", {"message": text, "id": text}) \
+                == {"ok": True}
+            self.sent.append(text)
+            n += 1
+            await trio.sleep(0.01)  # pacing only
+
+
+def from_(sock: Sock) -> Any:
+    return lambda line: line["args"][0].get("from") == sock.sid
+
+
+async def caught_up(a: Sock, sender: Sender) -> None:
+    """Until ``a`` has received as many chat lines as were sent (each was acked)."""
+    with trio.fail_after(DEADLINE):
+        while len(texts(a)) < len(sender.sent):
+            await a.wait("event", "Message:recived")
+
+
+async def moved_recovery(a: Sock, proxy: CuttingProxy, to_port: int | None) -> dict[str, Any]:
+    """Cut ``a``'s transport, optionally point the proxy elsewhere, let it reconnect;
+    the new connect line."""
+    with trio.fail_after(DEADLINE):
+        proxy.refusing = True
+        proxy.cut()
+        await a.wait("disconnect")
+        if to_port is not None:
+            proxy.target = to_port
+        proxy.refusing = False
+        return await a.wait("connect")
+
+
+@pytest.mark.parametrize("partner_on", ["old node", "new node", "third node"])
+async def test_the_official_client_recovers_on_another_node(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient, partner_on: str) -> None:
+    async with make_cluster(nursery, redis, 3) as cluster:
+        old, new = cluster.nodes[0].url, cluster.nodes[1].url
+        partner_url = {"old node": old, "new node": new,
+                       "third node": cluster.nodes[2].url}[partner_on]
+        proxy = CuttingProxy(port_of(old))
+        proxied = await nursery.start(proxy.run)
+        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
+                       reconnectionDelay=100, reconnectionDelayMax=200)
+        b = await join(node, "b", partner_url, transports=["websocket"])
+        room = await pair(a, b, partner_url)
+        sender = Sender(b)
+        async with trio.open_nursery() as sending:
+            sending.start_soon(sender.run)
+            with trio.fail_after(DEADLINE):
+                await a.wait("event", "Message:recived")  # the stream flows
+            line = await moved_recovery(a, proxy, port_of(new))
+            assert line["recovered"] is True and line["sid"] == a.sid
+            with trio.fail_after(DEADLINE):
+                # Relays keep flowing to the person on the new node.
+                count = len(sender.sent)
+                while len(sender.sent) < count + 20:
+                    await a.wait("event", "Message:recived")
+            sender.stop.set()
+        await caught_up(a, sender)
+        # Every message once, in order, across the move.
+        assert texts(a) == sender.sent
+        assert proxy.connections == 2
+        # The person is in the same call on the new node: relays go both ways.
+        with trio.fail_after(DEADLINE):
+            assert await call(a, "send-new-ice-candidates",
+                              {"roomId": room, "candidate": CANDIDATE}) == {"ok": True}
+            await b.wait("event", "new-ice-candidates")
+            assert await call(a, "newMessage", {"message": "back"}) == {"ok": True}
+            await b.wait("event", "Message:recived", from_(a))
+        assert told(b) == ["match-done"]  # the partner never heard of the cut
+        # Stop from the moved person reaches the partner (the room moved in Redis too).
+        with trio.fail_after(DEADLINE):
+            assert await call(a, "stop-call", {"roomId": room}) == {"ok": True}
+            await b.wait("event", "stop-by-remote-user")
+
+
+async def test_recovery_under_two_workers(nursery: trio.Nursery, redis: RedisServer,
+                                          node: NodeClient) -> None:
+    env = {"LIVELOOP_REDIS_URL": redis.url, "LIVELOOP_RATE_LIMITS": "false",
+           "LIVELOOP_HANDSHAKES_PER_IP": "1000000",
+           "LIVELOOP_MAX_CONNECTIONS_PER_IP": "1000000"}
+    async with liveloop_process("serve", "--workers", "2", env=env) as running:
+        proxy = CuttingProxy(port_of(running.url))
+        proxied = await nursery.start(proxy.run)
+        a, first = await joined(node, "a", proxied, transports=["websocket"],
+                                reconnection=True, reconnectionDelay=100,
+                                reconnectionDelayMax=200)
+        b = await join(node, "b", running.url, transports=["websocket"])
+        await pair(a, b, running.url)
+        workers = [first["engine_sid"][0]]
+        sender = Sender(b)
+        async with trio.open_nursery() as sending:
+            sending.start_soon(sender.run)
+            # Handshakes take turns over the workers per reading worker, so no more than
+            # three in a row land on one worker: four reconnects see both.
+            for _ in range(4):
+                line = await moved_recovery(a, proxy, None)
+                assert line["recovered"] is True and line["sid"] == a.sid
+                workers.append(line["engine_sid"][0])
+                with trio.fail_after(DEADLINE):
+                    await a.wait("event", "Message:recived")
+            sender.stop.set()
+        await caught_up(a, sender)
+        assert len(set(workers)) == 2, workers  # some recovery moved to the other worker
+        assert texts(a) == sender.sent
+        assert told(b) == ["match-done"]
+        with trio.fail_after(DEADLINE):
+            assert await call(a, "newMessage", {"message": "back"}) == {"ok": True}
+            await b.wait("event", "Message:recived", from_(a))
