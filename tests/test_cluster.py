@@ -340,7 +340,9 @@ async def shared_state(cluster: Cluster) -> tuple[list[str], dict[str, tuple[str
 
 async def test_killed_node_partners_told_in_time(nursery: trio.Nursery,
                                                  redis: RedisServer) -> None:
-    async with make_cluster(nursery, redis, node_timeout=TIMEOUT) as cluster, cluster.session():
+    # Recovery off: told at once (with it on, after the window: test_recovery_cluster.py).
+    async with make_cluster(nursery, redis, node_timeout=TIMEOUT, recovery_window=0
+                            ) as cluster, cluster.session():
         a, _ = await pair(cluster, 0, 1)
         lonely = await cluster.client(1)
         with trio.fail_after(DEADLINE):

@@ -115,6 +115,8 @@ class HandoverMixin:
         self._claims: dict[str, _Claim] = {}
         self._holds: dict[str, _Hold] = {}
         self._moved: dict[str, str] = {}  # sid -> the node it moved to; oldest first
+        self._beaten = trio.Event()
+        """Set (and replaced) after each of this node's heartbeats."""
 
     # abstract here, defined by the node
     def _open_room(self, room_id: str) -> Any: ...
@@ -149,13 +151,22 @@ class HandoverMixin:
                 await claim.answered.wait()
         finally:
             del self._claims[token]
-        if claim.record is None:
-            return None
-        try:
-            exported = Exported.from_json(claim.record)
-        except (ValueError, TypeError, KeyError) as error:
-            log.warning("node %s: a bad record was handed over (%r)", self.node_id, error)
-            return None
+        exported: Exported | None = None
+        if claim.answered.is_set():
+            if claim.record is None:
+                return None
+            try:
+                exported = Exported.from_json(claim.record)
+            except (ValueError, TypeError, KeyError) as error:
+                log.warning("node %s: a bad record was handed over (%r)", self.node_id,
+                            error)
+                return None
+        else:
+            # No answer: the owner may be gone. Once it is declared lost its people
+            # are away in Redis, and can be reclaimed from there.
+            exported = await self._reclaim(pid, owner, namespace)
+            if exported is None:
+                return None
         try:
             with trio.fail_after(self._settings.node_timeout):
                 await self._client.set(f"{self._prefix}o:{pid}", self.node_id,
@@ -163,6 +174,34 @@ class HandoverMixin:
         except errors as error:  # a later claim elsewhere will ask the old node: it fails
             log.warning("node %s: where %s lives not written (%r)", self.node_id, pid, error)
         return exported
+
+    async def _reclaim(self, pid: str, owner: str, namespace: str) -> Exported | None:
+        """``pid``'s person from Redis, if their node ``owner`` is (within another
+        ``node_timeout``) declared lost and they are away there: the call or the queue
+        place, the ticket and the name; no history (what the lost node held is
+        missing), fresh limits and event ids."""
+        parts = pid.split(".")
+        if len(parts) != 3:
+            return None
+        timeout = self._settings.node_timeout
+        try:
+            with trio.fail_after(timeout * 2):
+                while await self._client.sismember(f"{self._prefix}nodes", owner):
+                    await self._beaten.wait()  # a declaration comes with some heartbeat
+                found = await self._change("RECLAIM", (parts[1], pid, self.node_id))
+        except _redis_errors() as error:
+            log.info("node %s: %s not reclaimed (%r)", self.node_id, pid, error)
+            return None
+        if not found:
+            return None
+        state, ticket, name, image, room, partner, partner_node = (str(f) for f in found)
+        peer: dict[str, Any] = {
+            "phase": "queued" if state == "q" else "in room", "ticket": int(ticket),
+            "member": [name, image], "limits": [None, [], []], "seen": [], "turn": None}
+        if state == "r":
+            peer["call"] = [room, partner, "", "", partner_node]
+        log.info("node %s: reclaimed %s from lost node %s", self.node_id, parts[1], owner)
+        return Exported(pid, parts[1], namespace, 0, (), peer)
 
     def _answered(self, notice: HandoverNotice) -> None:
         claim = self._claims.get(notice.token)
@@ -248,6 +287,7 @@ class HandoverMixin:
         self._moved.pop(sid, None)
         self._sockets[sid] = socket
         hold = self._holds.get(sid)
+        handed_over = hold is not None  # else reclaimed: nobody forwards, no fence comes
         if hold is None:
             hold = self._holds[sid] = _Hold()
         hold.socket = socket
@@ -261,7 +301,7 @@ class HandoverMixin:
                 partner_socket = RemoteSocket(partner, partner_node, self._publish)
             if room is not None:
                 answer = (room.send, partner_socket)
-                hold.fenced = True
+                hold.fenced = handed_over
                 hold.until = trio.current_time() + self._settings.node_timeout
         early, hold.early = hold.early, []
         for notice, forwarded in early:
@@ -338,8 +378,9 @@ class ClusterRecoveryStore(MemoryStore):
         self._node = node
 
     def new_pid(self, sid: str) -> str:
-        """``<node>.<random>``: where to claim it first."""
-        return f"{self._node.node_id}.{new_pid()}"
+        """``<node>.<sid>.<random>``: where to claim it first, and whose it is (the
+        random part is what makes it private)."""
+        return f"{self._node.node_id}.{sid}.{new_pid()}"
 
     async def claim_elsewhere(self, pid: str, namespace: str) -> Exported | None:
         return await self._node.claim(pid, namespace)

@@ -100,6 +100,14 @@ SWEEP_ROOMS = 16
 """Pairs one sweep (people whose cooldown has ended) makes at most."""
 
 
+def recovery_id(socket: Socket) -> str:
+    """The connection state recovery id (``pid``) of a socket here, or '': kept with the
+    person's record so that they can be reclaimed after their node is lost."""
+    record = getattr(socket, "record", None)
+    pid = getattr(record, "pid", "")
+    return pid if isinstance(pid, str) else ""
+
+
 def _redis_errors() -> tuple[type[Exception], ...]:
     import coredis.exceptions
 
@@ -251,7 +259,8 @@ class ClusterMatchmaker(HandoverMixin):
             member = message.member
             return self._scripts["ENQUEUE"](keys=[self._prefix], client=pipe, args=[
                 member.sid, self.node_id, member.name, member.image, str(message.ticket),
-                str(self._settings.max_queue), new_room_id(), str(SCAN_LIMIT)])
+                str(self._settings.max_queue), new_room_id(), str(SCAN_LIMIT),
+                recovery_id(member.socket)])
         if isinstance(message, Withdraw):
             return self._scripts["LEAVE"](keys=[self._prefix], args=[message.sid, ""],
                                           client=pipe)
@@ -496,8 +505,13 @@ class ClusterMatchmaker(HandoverMixin):
         """(Re)join: clear what this node's id left in Redis, then mark it alive."""
         for name in self._scripts:  # loaded first, so that pipelines find them
             await self._client.script_load(getattr(scripts, name))
-        result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1))
+        result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1,
+                                                  self._window_ms()))
         await self._apply(wire.from_script(result[1]))
+
+    def _window_ms(self) -> int:
+        # A lost node's people wait this long for a recovery elsewhere (0: not at all).
+        return math.ceil(self._settings.recovery_window * 1000)
 
     def _liveness_ms(self) -> int:
         # Refreshed every timeout/6, it lasts 2/3 of the timeout: another node sees it
@@ -532,12 +546,15 @@ class ClusterMatchmaker(HandoverMixin):
             await self._register()
             return
         alive, found = await self._script("HEARTBEAT",
-                                          (self.node_id, self._liveness_ms(), 0))
+                                          (self.node_id, self._liveness_ms(), 0,
+                                           self._window_ms()))
         await self._apply(wire.from_script(found))
         if not alive:
             self.drop_clients("declared lost")
             await self._register()
         self._release_expired()
+        self._beaten.set()
+        self._beaten = trio.Event()
         swept = await self._script(
             "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
         await self._apply(wire.from_script(swept))
