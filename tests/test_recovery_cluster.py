@@ -221,3 +221,56 @@ async def test_recovery_under_two_workers(nursery: trio.Nursery, redis: RedisSer
         with trio.fail_after(DEADLINE):
             assert await call(a, "newMessage", {"message": "back"}) == {"ok": True}
             await b.wait("event", "Message:recived", from_(a))
+
+
+# -- a lost node, recovery on --------------------------------------------------------
+
+TIMEOUT = 3
+"""LIVELOOP_NODE_TIMEOUT in the SIGKILL tests (as in test_cluster.py)."""
+
+
+async def test_killed_node_partner_told_only_after_the_window(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
+    window = 3
+    async with make_cluster(nursery, redis, 2, node_timeout=TIMEOUT,
+                            recovery_window=window) as cluster:
+        a = await join(node, "a", cluster.nodes[0].url, transports=["websocket"])
+        b = await join(node, "b", cluster.nodes[1].url, transports=["websocket"])
+        await pair(a, b, cluster.nodes[1].url)
+        cluster.nodes[0].kill()
+        killed_at = trio.current_time()
+        with trio.fail_after(TIMEOUT + window + DEADLINE):
+            await b.wait("event", "stop-by-remote-user")
+        told_after = trio.current_time() - killed_at
+        # Away for the window from when the node was declared lost (within the timeout
+        # of the kill), then told, as if the person had left.
+        assert window <= told_after < TIMEOUT + window + 1.5, f"told after {told_after:.2f} s"
+        await queued(cluster.nodes[1].url, 1)  # re-queued
+
+
+async def test_back_on_another_node_after_its_node_was_killed(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
+    async with make_cluster(nursery, redis, 2, node_timeout=TIMEOUT,
+                            recovery_window=TIMEOUT * 4) as cluster:
+        proxy = CuttingProxy(port_of(cluster.nodes[0].url))
+        proxied = await nursery.start(proxy.run)
+        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
+                       reconnectionDelay=100, reconnectionDelayMax=200)
+        b = await join(node, "b", cluster.nodes[1].url, transports=["websocket"])
+        room = await pair(a, b, cluster.nodes[1].url)
+        proxy.target = port_of(cluster.nodes[1].url)  # where the client comes back
+        cluster.nodes[0].kill()
+        with trio.fail_after(TIMEOUT * 3 + DEADLINE):
+            line = await a.wait("connect")
+        assert line["recovered"] is True and line["sid"] == a.sid
+        assert any("reclaimed" in text for text in cluster.nodes[1].log)  # from Redis
+        # In the same call, now on the surviving node: relays both ways, and stop.
+        with trio.fail_after(DEADLINE):
+            assert await call(b, "newMessage", {"message": "still there?"}) == {"ok": True}
+            await a.wait("event", "Message:recived", from_(b))
+            assert await call(a, "newMessage", {"message": "yes"}) == {"ok": True}
+            await b.wait("event", "Message:recived", from_(a))
+        assert told(b) == ["match-done"]
+        with trio.fail_after(DEADLINE):
+            assert await call(b, "stop-call", {"roomId": room}) == {"ok": True}
+            await a.wait("event", "stop-by-remote-user")
