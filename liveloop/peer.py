@@ -191,9 +191,13 @@ class Peer:
             if call is not None and call.room_id == message.room_id:
                 # The fence goes the old way, behind everything already sent that way;
                 # the new node holds what we send it directly until the fence is through.
-                call.partner.socket.post(Fence(call.room_id))
+                old = call.partner.socket
+                old.post(Fence(call.room_id))
                 self._call = attrs.evolve(call, partner=attrs.evolve(
                     call.partner, socket=message.socket))
+                # Relays kept while the partner's node was lost go first (in order).
+                for deliver in getattr(old, "held", ()):
+                    await self._send_to(message.socket, deliver)
         elif isinstance(message, Matched):
             await self._matched(message)
         elif isinstance(message, RoomEnded):
@@ -416,6 +420,13 @@ class Peer:
             await self._enqueue(self._member)
 
     # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    async def _send_to(partner: Socket, deliver: Deliver) -> None:
+        if type(partner) is RemoteSocket:
+            await partner.send(deliver)
+        else:
+            partner.post(deliver)
 
     def _check_target(self, room_id: str | None, target: str | None) -> Call:
         """The current call, if ``room_id`` and ``target`` (when given) name it."""

@@ -248,6 +248,19 @@ async def test_killed_node_partner_told_only_after_the_window(
         await queued(cluster.nodes[1].url, 1)  # re-queued
 
 
+async def lost_in_redis(redis: RedisServer, sid: str) -> None:
+    """Until ``sid``'s record says its node was declared lost (another process: poll)."""
+    import coredis
+
+    client = coredis.Redis.from_url(redis.url, decode_responses=True)
+    async with client:
+        with trio.fail_after(TIMEOUT + DEADLINE):
+            while True:
+                if await client.hget(f"ll:p:{sid}", "away") == "lost":
+                    return
+                await trio.sleep(0.05)
+
+
 async def test_back_on_another_node_after_its_node_was_killed(
         nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
     async with make_cluster(nursery, redis, 2, node_timeout=TIMEOUT,
@@ -259,11 +272,22 @@ async def test_back_on_another_node_after_its_node_was_killed(
         b = await join(node, "b", cluster.nodes[1].url, transports=["websocket"])
         room = await pair(a, b, cluster.nodes[1].url)
         proxy.target = port_of(cluster.nodes[1].url)  # where the client comes back
+        proxy.refusing = True  # not before the partner has sent what it will miss
         cluster.nodes[0].kill()
+        await lost_in_redis(redis, a.sid)
+        # Declared lost: the partner's node now keeps what it relays to the person.
+        with trio.fail_after(DEADLINE):
+            for n in range(3):
+                assert await call(b, "newMessage", {"message": f"away {n}"}) == {"ok": True}
+        proxy.refusing = False
         with trio.fail_after(TIMEOUT * 3 + DEADLINE):
             line = await a.wait("connect")
         assert line["recovered"] is True and line["sid"] == a.sid
         assert any("reclaimed" in text for text in cluster.nodes[1].log)  # from Redis
+        with trio.fail_after(DEADLINE):
+            while len(texts(a)) < 3:
+                await a.wait("event", "Message:recived")
+        assert texts(a) == ["away 0", "away 1", "away 2"]
         # In the same call, now on the surviving node: relays both ways, and stop.
         with trio.fail_after(DEADLINE):
             assert await call(b, "newMessage", {"message": "still there?"}) == {"ok": True}

@@ -54,11 +54,12 @@ from .notices import (
     FenceNotice,
     ForwardedNotice,
     HandoverNotice,
+    LostNotice,
     MovedNotice,
     Notice,
     PersonNotice,
 )
-from .remote import RemoteSocket
+from .remote import HeldSocket, RemoteSocket
 
 log = logging.getLogger(__name__)
 
@@ -337,6 +338,12 @@ class HandoverMixin:
             return True
         if isinstance(notice, FenceNotice):
             return True  # nothing held: nothing to release
+        if isinstance(notice, LostNotice):
+            socket = self._sockets.get(sid)
+            if socket is not None:
+                socket.post(PartnerMoved(notice.room_id, HeldSocket(
+                    notice.who, self._settings.recovery_packets)))
+            return True
         if isinstance(notice, MovedNotice):
             socket = self._sockets.get(sid)
             if socket is not None:

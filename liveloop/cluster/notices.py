@@ -18,6 +18,8 @@ Connection state recovery across nodes (docs/cluster.md) adds:
 - ``["V", sid, node, room, who, to]``: your partner ``who`` in ``room`` now lives on
   ``to``;
 - ``["F", sid, node, room]``: a fence: the partner's last word the old way;
+- ``["L", sid, node, room, who]``: your partner ``who``'s node is lost; they may
+  recover elsewhere within the window: keep what you relay to them meanwhile;
 - ``["W", sid, node, notice]``: ``notice`` (text), forwarded by the node that ``sid``
   left; applied at once, where a notice that came straight may wait for the fence.
 """
@@ -92,13 +94,22 @@ class FenceNotice:
 
 
 @attrs.frozen
+class LostNotice:
+    sid: str
+    node: str
+    room_id: str
+    who: str
+
+
+@attrs.frozen
 class ForwardedNotice:
     sid: str
     node: str
     notice: str
 
 
-PersonNotice = MatchNotice | EndNotice | DeliverNotice | MovedNotice | FenceNotice
+PersonNotice = (MatchNotice | EndNotice | DeliverNotice | MovedNotice | FenceNotice
+                | LostNotice)
 """The notices for one person (``sid``) on their node."""
 
 Notice = PersonNotice | ClaimNotice | HandoverNotice | ForwardedNotice
@@ -135,6 +146,8 @@ def _from_fields(fields: list[Any]) -> Notice:
         return MovedNotice(*(str(field) for field in fields[1:]))
     if kind == "F" and len(fields) == 4:
         return FenceNotice(str(fields[1]), str(fields[2]), str(fields[3]))
+    if kind == "L" and len(fields) == 5:
+        return LostNotice(*(str(field) for field in fields[1:]))
     if kind == "W" and len(fields) == 4:
         return ForwardedNotice(str(fields[1]), str(fields[2]), str(fields[3]))
     raise BadNotice(f"not a notice: {str(fields)[:80]}")
@@ -158,6 +171,8 @@ def encode(notice: Notice) -> str:
                            notice.to])
     if isinstance(notice, FenceNotice):
         return json.dumps(["F", notice.sid, notice.node, notice.room_id])
+    if isinstance(notice, LostNotice):
+        return json.dumps(["L", notice.sid, notice.node, notice.room_id, notice.who])
     if isinstance(notice, ForwardedNotice):
         return json.dumps(["W", notice.sid, notice.node, notice.notice],
                           separators=(",", ":"))

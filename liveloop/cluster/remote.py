@@ -87,3 +87,52 @@ class RemoteSocket:
 
     def drop(self) -> None:
         """Never used: a node drops only its own clients."""
+
+
+class HeldSocket:
+    """A partner whose node is lost and who may recover on another node: what is
+    relayed to them is kept here (at most ``limit`` relays; later ones are dropped and
+    logged) until they come back (the peer then sends it on, in order) or the window
+    ends (their room ends, and this with it)."""
+
+    __slots__ = ("_limit", "_sid", "held")
+
+    def __init__(self, sid: str, limit: int) -> None:
+        self._sid = sid
+        self._limit = limit
+        self.held: list[Deliver] = []
+
+    @property
+    def sid(self) -> str:
+        return self._sid
+
+    @property
+    def namespace(self) -> str:
+        return "/"
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    @property
+    def present(self) -> bool:
+        return False
+
+    def post(self, message: object) -> None:
+        if isinstance(message, Deliver):
+            if len(self.held) < self._limit:
+                self.held.append(message)
+            else:
+                log.warning("relays held for %s beyond %d: dropped", self._sid, self._limit)
+
+    def emit(self, event: str, *args: JSON) -> None:
+        """Never used: a partner is only posted to."""
+
+    async def call(self, event: str, *args: JSON) -> list[JSON]:
+        raise NotImplementedError("a remote partner is only posted to")
+
+    def disconnect(self) -> None:
+        """Never used."""
+
+    def drop(self) -> None:
+        """Never used."""

@@ -185,7 +185,8 @@ HEARTBEAT = _COMMON + r"""
 -- alive 0 when this node had been declared lost (it must drop its clients). Any other
 -- registered node whose liveness key is gone is declared lost here: its queued people
 -- leave the queue and its people's rooms end (their partners get notices); with a
--- recovery window, they are away instead ('lost', kept in place, partners not told)
+-- recovery window, they are away instead ('lost', kept in place, partners not told but
+-- their nodes get {'L', partner, partner_node, room, sid} to keep relays meanwhile)
 -- until the window ends, when the same happens unless they recovered on another node.
 local node, ttl = ARGV[1], tonumber(ARGV[2])
 local window = tonumber(ARGV[4] or '0')
@@ -208,8 +209,14 @@ local function reap(lost, hold)
   if hold then
     local until_ms = now_ms() + window
     for _, sid in ipairs(members) do
+      local r = redis.call('HMGET', pkey(sid), 'state', 'room')
       redis.call('HSET', pkey(sid), 'away', 'lost')
       redis.call('ZADD', P .. 'gone', until_ms, sid)
+      if r[1] == 'r' then  -- the partner's node keeps their relays meanwhile
+        local m = redis.call('HMGET', P .. 'r:' .. r[2], 'a', 'an', 'b', 'bn')
+        if m[1] == sid then table.insert(out, {'L', m[3], m[4], r[2], sid})
+        elseif m[3] == sid then table.insert(out, {'L', m[1], m[2], r[2], sid}) end
+      end
     end
     return
   end
