@@ -18,6 +18,7 @@ import trio.testing
 
 from liveloop.app import RootApp
 from liveloop.config import Settings
+from liveloop.metrics import Metrics
 from liveloop.server import socketio_server
 from liveloop.server.api import JSON, Ack, Socket, SocketHandler
 from liveloop.server.recovery import History
@@ -152,12 +153,13 @@ class Harness:
         return self.service.status()
 
 
-async def serve(nursery: trio.Nursery, **overrides: Any) -> Harness:
+async def serve(nursery: trio.Nursery, metrics: Metrics | None = None,
+                **overrides: Any) -> Harness:
     """Live Loop as ``create_app`` builds it, without the REST app."""
     settings = attrs.evolve(BASE, **overrides)
-    service = LiveLoop(settings)
-    app = RootApp({PATH: socketio_server(settings, {"/": service.namespace})}, None,
-                  (service.run,))
+    service = LiveLoop(settings, metrics)
+    app = RootApp({PATH: socketio_server(settings, {"/": service.namespace}, metrics)},
+                  None, (service.run,))
     await nursery.start(app.run)
     return Harness(app, nursery, service)
 
@@ -346,6 +348,34 @@ async def test_the_window_passing_ends_the_call_as_a_disconnect_would(
     assert status["queue"]["users"] == ["Bob"]  # the partner is back in the queue
     fresh = await h.connect(resume=a)
     assert fresh.sid != a.sid  # expired: an ordinary new connection
+
+
+async def test_away_sockets_and_recoveries_are_counted(
+        nursery: trio.Nursery,
+        autojump_clock: trio.testing.MockClock) -> None:
+    from .test_metrics import read, value
+
+    metrics = Metrics(process=False)
+    h = await serve(nursery, metrics, recovery_window=5.0)
+    a, b, _ = await pair(h)
+
+    async def counts() -> tuple[float, float, float]:
+        await trio.testing.wait_all_tasks_blocked()
+        found = read(metrics)
+        return (value(found, "liveloop_away_sockets"),
+                value(found, "liveloop_recoveries_total", outcome="succeeded"),
+                value(found, "liveloop_recoveries_total", outcome="failed"))
+
+    assert await counts() == (0, 0, 0)
+    await cut(a)
+    assert await counts() == (1, 0, 0)
+    back = await h.connect(resume=a)
+    assert back.sid == a.sid
+    assert await counts() == (0, 1, 0)
+    await cut(back)
+    assert await counts() == (1, 1, 0)
+    await b.until("stop-by-remote-user")  # the window passed
+    assert await counts() == (0, 1, 1)
 
 
 async def test_a_queued_person_away_keeps_their_place_and_is_not_matched(
