@@ -298,3 +298,35 @@ async def test_back_on_another_node_after_its_node_was_killed(
         with trio.fail_after(DEADLINE):
             assert await call(b, "stop-call", {"roomId": room}) == {"ok": True}
             await a.wait("event", "stop-by-remote-user")
+
+
+async def test_a_queued_person_keeps_their_place_away_and_on_another_node(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
+    async with make_cluster(nursery, redis, 2) as cluster:
+        old, new = cluster.nodes[0].url, cluster.nodes[1].url
+        proxy = CuttingProxy(port_of(old))
+        proxied = await nursery.start(proxy.run)
+        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
+                       reconnectionDelay=100, reconnectionDelayMax=200)
+        with trio.fail_after(DEADLINE):
+            assert await call(a, "request-room", {"name": "Ann"}) == {"ok": True}
+            await queued(new, 1)
+            proxy.refusing = True
+            proxy.cut()
+            await a.wait("disconnect")
+        # Away: nobody is paired with Ann; Cat queues behind her.
+        c = await join(node, "c", new, transports=["websocket"])
+        with trio.fail_after(DEADLINE):
+            assert await call(c, "request-room", {"name": "Cat"}) == {"ok": True}
+            await queued(new, 2)
+        proxy.target = port_of(new)
+        proxy.refusing = False
+        with trio.fail_after(DEADLINE):
+            line = await a.wait("connect")
+            assert line["recovered"] is True and line["sid"] == a.sid
+            # Back, on the other node, in her place: paired with Cat, Ann first.
+            match = await a.receive("match-done")
+            assert match["remoteUserDetails"]["socket"] == c.sid and match["initiator"]
+            assert (await c.receive("match-done"))["remoteUserDetails"]["socket"] == a.sid
+            assert await call(c, "newMessage", {"message": "hi Ann"}) == {"ok": True}
+            await a.wait("event", "Message:recived", from_(c))
