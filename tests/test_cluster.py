@@ -400,9 +400,10 @@ async def nodes_registered(cluster: Cluster) -> None:
 async def test_node_that_was_declared_lost_drops_its_clients(nursery: trio.Nursery,
                                                              redis: RedisServer) -> None:
     """A node stalled past the timeout (SIGSTOP) is declared lost like a dead one; when
-    it runs again it finds its liveness gone and drops its clients (no split brain)."""
-    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT) as cluster, \
-            cluster.session():
+    it runs again it finds its liveness gone and drops its clients (no split brain).
+    Recovery off: the partner is told at the declaration, not after the window."""
+    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT,
+                            recovery_window=0) as cluster, cluster.session():
         a, b = await pair(cluster, 0, 1)
         node = cluster.nodes[1]
         assert node.process is not None
