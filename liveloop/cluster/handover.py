@@ -144,6 +144,30 @@ class HandoverMixin:
                 return None
         if owner == self.node_id:
             return None  # it was here, and is gone: expired
+        try:
+            with trio.fail_after(self._settings.node_timeout):
+                registered = await self._client.sismember(f"{self._prefix}nodes", owner)
+        except errors as error:
+            log.info("node %s: no claim (%r)", self.node_id, error)
+            return None
+        exported: Exported | None = None
+        if not registered:  # lost (or long gone): only Redis may still have the person
+            exported = await self._reclaim(pid, owner, namespace)
+        else:
+            exported = await self._ask(pid, owner, namespace)
+        if exported is None:
+            return None
+        try:
+            with trio.fail_after(self._settings.node_timeout):
+                await self._client.set(f"{self._prefix}o:{pid}", self.node_id,
+                                       px=POINTER_TTL_MS)
+        except errors as error:  # a later claim elsewhere will ask the old node: it fails
+            log.warning("node %s: where %s lives not written (%r)", self.node_id, pid, error)
+        return exported
+
+    async def _ask(self, pid: str, owner: str, namespace: str) -> Exported | None:
+        """The record from its live owner; if the owner does not answer within the
+        timeout, it may be dying: reclaim once it is declared lost."""
         token = secrets.token_urlsafe(9)
         claim = self._claims[token] = _Claim()
         try:
@@ -166,14 +190,6 @@ class HandoverMixin:
             # No answer: the owner may be gone. Once it is declared lost its people
             # are away in Redis, and can be reclaimed from there.
             exported = await self._reclaim(pid, owner, namespace)
-            if exported is None:
-                return None
-        try:
-            with trio.fail_after(self._settings.node_timeout):
-                await self._client.set(f"{self._prefix}o:{pid}", self.node_id,
-                                       px=POINTER_TTL_MS)
-        except errors as error:  # a later claim elsewhere will ask the old node: it fails
-            log.warning("node %s: where %s lives not written (%r)", self.node_id, pid, error)
         return exported
 
     async def _reclaim(self, pid: str, owner: str, namespace: str) -> Exported | None:
