@@ -196,7 +196,12 @@ async def test_registering_again_clears_what_the_node_left(lua: Scripts) -> None
 
 def test_notices_round_trip() -> None:
     for notice in (match("a", "n1", 7, "R", "b", "n2", True), EndNotice("a", "n1", "R"),
-                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]})):
+                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]}),
+                   wire.ClaimNotice("n1.a.pid", "n1", "t", "n2", "/"),
+                   wire.HandoverNotice("n2", "t", ["pid", "a", "/", 3, [], {"phase": "idle"}]),
+                   MovedNotice("b", "n2", "R", "a", "n3"), wire.FenceNotice("a", "n1", "R"),
+                   wire.LostNotice("b", "n2", "R", "a"),
+                   wire.ForwardedNotice("a", "n2", wire.encode(EndNotice("a", "n2", "R")))):
         assert wire.decode(wire.encode(notice)) == notice
     with pytest.raises(wire.BadNotice):
         wire.decode("[\"M\", 1]")
@@ -324,11 +329,15 @@ async def test_lost_nodes_people_wait_out_the_window_then_are_gone(lua: Scripts)
     await lua.enqueue("y", "n2", room="R")
     await lua.cool("q1", "w")
     await lua.enqueue("w", "n1", pid="n1.w.secret")
-    await lua.cool("w", "v")
+    await lua.cool("q1", "v")
     await lua.enqueue("v", "n2", room="R2")  # w (n1) with v (n2)
+    assert (await lua.record("v"))["room"] == "R2" and await lua.queue() == ["q1"]
     await lua.client.delete([f"{P}alive:n1"])
     alive, found = await lua.run("HEARTBEAT", "n2", 60_000, 0, 60_000)
-    assert (alive, found) == (1, [])  # nobody told: n1's people are away
+    # Nobody told: n1's people are away. Their partners' nodes learn it (to keep what
+    # the partners relay meanwhile).
+    assert alive == 1 and sorted(wire.from_script(found), key=repr) == [
+        wire.LostNotice("v", "n2", "R2", "w"), wire.LostNotice("y", "n2", "R", "x")]
     assert {sid: (await lua.record(sid))["away"] for sid in ("q1", "x", "w")} == {
         "q1": "lost", "x": "lost", "w": "lost"}
     assert await lua.enqueue("z", "n2") == ("queued", [])  # q1 is skipped

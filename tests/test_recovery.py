@@ -488,6 +488,26 @@ def test_history_is_a_ring_while_present_and_bounded_while_away() -> None:
     history.mark_back()
 
 
+def test_a_history_goes_on_elsewhere_with_its_offsets() -> None:
+    from liveloop.server.recovery import Exported
+
+    history = History(max_packets=3, max_bytes=1 << 20)
+    for text in ("a", "b", "c", "d"):
+        history.stamp()
+        history.keep(text)
+    history.stamp()
+    history.keep(("451-[\"x\"]", b"\x00\xff"))  # a binary packet: text and attachment
+    seq, entries = history.export()
+    sent = Exported("pid", "sid", "/", seq, tuple(entries), {"phase": "idle"})
+    back = Exported.from_json(json.loads(json.dumps(sent.to_json())))
+    assert back == sent
+    elsewhere = History(max_packets=2, max_bytes=1 << 20)
+    elsewhere.restore(back.seq, back.entries)
+    # Bounded to the newest two there: after offset 3, everything is still held.
+    assert elsewhere.after("3") == (["d", "451-[\"x\"]", b"\x00\xff"], True)
+    assert elsewhere.stamp() == "6"  # offsets go on
+
+
 def test_history_bytes_bound() -> None:
     history = History(max_packets=100, max_bytes=10)
     history.stamp()
