@@ -205,8 +205,9 @@ async def test_recovery_under_two_workers(nursery: trio.Nursery, redis: RedisSer
         sender = Sender(b)
         async with trio.open_nursery() as sending:
             sending.start_soon(sender.run)
-            # Handshakes take turns over the workers per reading worker, so no more than
-            # three in a row land on one worker: four reconnects see both.
+            # Whichever worker reads a handshake hands it to the workers in turn (its own
+            # turn alternates), so no more than two in a row land on one worker: four
+            # reconnects in a row see both.
             for _ in range(4):
                 line = await moved_recovery(a, proxy, None)
                 assert line["recovered"] is True and line["sid"] == a.sid
