@@ -337,6 +337,9 @@ class HandoverMixin:
             if hold.socket is None:
                 if len(hold.early) < HOLD_LIMIT:
                     hold.early.append((notice, forwarded))
+                else:
+                    log.warning("node %s: early notices for %s beyond %d: dropped",
+                                self.node_id, sid, HOLD_LIMIT)
                 return True
             if isinstance(notice, FenceNotice):
                 self._release(sid)

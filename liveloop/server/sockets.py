@@ -677,6 +677,12 @@ class SocketIOConnection:
         if socket is None:
             return False
         self._sockets[name] = socket
+        if self.session.closed:
+            # The client left again while the record was on its way (from another node,
+            # that takes round trips): it is away again, not lost.
+            await self._drop(socket, self.session.close_reason or
+                             DisconnectReason.TRANSPORT_CLOSE)
+            return True
         assert socket.record is not None and socket.handler is not None
         frames, complete = socket.record.history.after(wanted.get("offset"))
         if not complete:
