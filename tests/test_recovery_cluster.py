@@ -331,3 +331,35 @@ async def test_a_queued_person_keeps_their_place_away_and_on_another_node(
             assert (await c.receive("match-done"))["remoteUserDetails"]["socket"] == a.sid
             assert await call(c, "newMessage", {"message": "hi Ann"}) == {"ok": True}
             await a.wait("event", "Message:recived", from_(c))
+
+
+async def test_a_silent_connection_recovers_on_another_node(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
+    """Nothing is closed: the client finds out by its heartbeat and reconnects to the
+    other node, whether or not the old node has noticed yet (if not, the claim closes
+    the old connection there)."""
+    async with make_cluster(nursery, redis, 2, ping_interval=1, ping_timeout=1) as cluster:
+        old, new = cluster.nodes[0].url, cluster.nodes[1].url
+        proxy = CuttingProxy(port_of(old))
+        proxied = await nursery.start(proxy.run)
+        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
+                       reconnectionDelay=100, reconnectionDelayMax=200)
+        b = await join(node, "b", new, transports=["websocket"])
+        await pair(a, b, new)
+        sender = Sender(b)
+        async with trio.open_nursery() as sending:
+            sending.start_soon(sender.run)
+            with trio.fail_after(DEADLINE):
+                await a.wait("event", "Message:recived")
+                proxy.target = port_of(new)
+                proxy.go_silent()
+                line = await a.wait("connect")
+            assert line["recovered"] is True and line["sid"] == a.sid
+            with trio.fail_after(DEADLINE):
+                count = len(sender.sent)
+                while len(sender.sent) < count + 20:
+                    await a.wait("event", "Message:recived")
+            sender.stop.set()
+        await caught_up(a, sender)
+        assert texts(a) == sender.sent
+        assert told(b) == ["match-done"]
