@@ -250,7 +250,7 @@ class Peer:
     def export_state(self) -> dict[str, Any]:
         """This peer's state as JSON, for another node to go on from (:meth:`restore`):
         phase, ticket, name and image, the call's room and partner (with the partner's
-        node), rate limits as ages, the recent event ids."""
+        node), rate limits as ages, the relay budget, the recent event ids."""
         limits = self._limits.carry()
         state: dict[str, Any] = {
             "phase": self._phase.value, "ticket": self._ticket,
@@ -258,7 +258,8 @@ class Peer:
                                                          self._member.image],
             "limits": [limits.last_room_age, list(limits.message_ages),
                        list(limits.ice_server_ages)],
-            "seen": list(self._seen or ()), "turn": self._turn_id}
+            "seen": list(self._seen or ()), "turn": self._turn_id,
+            "budget": self._relays.carry()}
         call = self._call
         if call is not None:
             partner = call.partner
@@ -278,6 +279,8 @@ class Peer:
             self._member = Member(self._sid, str(name), str(image), self._socket)
         last_room, messages, ice_servers = state["limits"]
         self._limits.resume(LimiterState(last_room, tuple(messages), tuple(ice_servers)))
+        budget = state.get("budget")
+        self._relays.resume(None if budget is None else (budget[0], budget[1]))
         for event_id in state["seen"]:
             self._remember(str(event_id))
         self._turn_id = state["turn"]
