@@ -14,6 +14,7 @@ the partner must never hear of the cut. Waits are on client events under
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -363,3 +364,35 @@ async def test_a_silent_connection_recovers_on_another_node(
         await caught_up(a, sender)
         assert texts(a) == sender.sent
         assert told(b) == ["match-done"]
+
+
+async def test_a_client_of_a_draining_node_recovers_on_another(
+        nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
+    """SIGTERM: the node drains (calls go on until the drain timeout). A client of it
+    that is cut comes back through the balancer to another node, which claims its
+    record from the draining one."""
+    async with make_cluster(nursery, redis, 2, drain_timeout=600) as cluster:
+        old, new = cluster.nodes[0], cluster.nodes[1].url
+        proxy = CuttingProxy(port_of(old.url))
+        proxied = await nursery.start(proxy.run)
+        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
+                       reconnectionDelay=100, reconnectionDelayMax=200)
+        b = await join(node, "b", new, transports=["websocket"])
+        room = await pair(a, b, new)
+        assert old.process is not None
+        old.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(DEADLINE):
+            # The draining node refuses new sessions: the balancer sends them on.
+            while True:
+                answer = await http_get(old.url, "/socket.io/?EIO=4&transport=polling")
+                if answer.status == 503:
+                    break
+                await trio.sleep(0.05)  # another process: poll, under the deadline
+        line = await moved_recovery(a, proxy, port_of(new))
+        assert line["recovered"] is True and line["sid"] == a.sid
+        with trio.fail_after(DEADLINE):
+            assert await call(b, "newMessage", {"message": "drained"}) == {"ok": True}
+            await a.wait("event", "Message:recived", from_(b))
+            assert await call(a, "stop-call", {"roomId": room}) == {"ok": True}
+            await b.wait("event", "stop-by-remote-user")
+        assert told(b) == ["match-done", "stop-by-remote-user"]
