@@ -264,7 +264,8 @@ def create_app(settings: Settings) -> RootApp:
 
     metrics = Metrics(enabled=bool(settings.metrics_bind))
     service = LiveLoop(settings, metrics)
-    engine = socketio_server(settings, {"/": service.namespace}, metrics)
+    engine = socketio_server(settings, {"/": service.namespace}, metrics,
+                             service.recovery_store())
     actors: tuple[Actor, ...] = (service.run,)
     if settings.metrics_bind:
         actors += (partial(serve_metrics, metrics, settings.metrics_bind),)

@@ -4,7 +4,8 @@ Who sends what, and through which channel:
 
 - connection -> matchmaker (``await send`` on the matchmaker's bounded mailbox: a full
   mailbox slows down that connection only): :class:`Enqueue`, :class:`Avoid`,
-  :class:`Withdraw`, :class:`Returned`; a room's end -> matchmaker: :class:`RoomClosed`.
+  :class:`Withdraw`, :class:`Returned`, :class:`Away`, :class:`Arrived`; a room's end
+  -> matchmaker: :class:`RoomClosed`.
 - connection or matchmaker -> room (``await send`` on the room's bounded inbox; a room
   never blocks, so the inbox drains at CPU speed; once the room has ended the send fails
   at once and the sender drops the message): :class:`Hangup`.
@@ -100,7 +101,25 @@ class Returned:
     sid: str
 
 
-MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned
+@attrs.frozen
+class Away:
+    """``sid``'s connection is lost and it may come back (connection state recovery):
+    while away it keeps its queue place but is not paired. The in-process matchmaker
+    asks the socket instead (``present``); the Redis one marks the record."""
+
+    sid: str
+
+
+@attrs.frozen
+class Arrived:
+    """``sid`` recovered on this node after living on another (its record was handed
+    over): the shared state now names this node for it, and its partner's
+    node is told (docs/cluster.md)."""
+
+    sid: str
+
+
+MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned | Away | Arrived
 
 
 def release(message: object) -> None:
@@ -157,6 +176,23 @@ class Deliver:
     room_id: str
     event: str
     payload: dict[str, Any] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class PartnerMoved:
+    """The partner in ``room_id`` now lives behind ``socket`` (they recovered on another
+    node): relay there from now on, after a :class:`Fence` through the old way."""
+
+    room_id: str
+    socket: Socket = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Fence:
+    """The last thing a partner sends the old way after :class:`PartnerMoved`: once it
+    has come through, nothing of theirs is still on the old way."""
+
+    room_id: str
 
 
 @attrs.frozen

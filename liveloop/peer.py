@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -43,14 +44,18 @@ from .errors import (
 from .events import GetIceServers, NewMessage, RequestRoom, SendIceCandidates, StopCall
 from .ice import IceServers, new_connection_id
 from .messages import (
+    Arrived,
     Avoid,
+    Away,
     Deliver,
     Enqueue,
+    Fence,
     Hangup,
     HangupReason,
     Matched,
     MatchmakerMessage,
     Member,
+    PartnerMoved,
     Refused,
     Returned,
     RoomEnded,
@@ -59,7 +64,7 @@ from .messages import (
     release,
 )
 from .metrics import Metrics
-from .ratelimit import RateLimiter, RelayBudget
+from .ratelimit import LimiterState, RateLimiter, RelayBudget
 from .room import relayed
 from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
@@ -72,6 +77,21 @@ the client's ack timeout times its retries, far fewer events than this later."""
 
 HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
+
+
+@runtime_checkable
+class Relocation(Protocol):
+    """What a node offers a peer that moves between nodes (connection state recovery
+    across nodes): the Redis matchmaker implements it; in one process there is none."""
+
+    def node_of(self, socket: Socket) -> str:
+        """The node ``socket`` lives on (a partner's, for a peer's exported state)."""
+
+    def rejoin(self, socket: Socket, room_id: str | None, partner: str, partner_node: str
+               ) -> tuple[trio.MemorySendChannel[RoomMessage] | None, Socket | None]:
+        """``socket`` (a peer handed over from another node) is served here from now on:
+        notices for it reach it here; with ``room_id``, the room's inbox here and the
+        way to the partner."""
 
 
 class Phase(enum.Enum):
@@ -97,9 +117,10 @@ class Peer:
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 metrics: Metrics, ice: IceServers | None = None, *,
-                 confirm: bool = False) -> None:
+                 metrics: Metrics, ice: IceServers | None = None,
+                 relocation: Relocation | None = None, *, confirm: bool = False) -> None:
         self._socket = socket
+        self._relocation = relocation
         self._sid = socket.sid
         self._settings = settings
         self._matchmaker = matchmaker
@@ -126,6 +147,8 @@ class Peer:
         # While an event is handled with `confirm`: the `applied` events its changes
         # carry, all waited for before its ack.
         self._receipts: list[trio.Event] | None = None
+        self._arrived = False
+        """Restored from another node's export: the matchmaker is told on recovery."""
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -190,6 +213,18 @@ class Peer:
             return
         if message is DRAIN:
             self._draining = True
+        elif isinstance(message, PartnerMoved):
+            call = self._call
+            if call is not None and call.room_id == message.room_id:
+                # The fence goes the old way, behind everything already sent that way;
+                # the new node holds what we send it directly until the fence is through.
+                old = call.partner.socket
+                old.post(Fence(call.room_id))
+                self._call = attrs.evolve(call, partner=attrs.evolve(
+                    call.partner, socket=message.socket))
+                # Relays kept while the partner's node was lost go first (in order).
+                for deliver in getattr(old, "held", ()):
+                    await self._send_to(message.socket, deliver)
         elif isinstance(message, Matched):
             await self._matched(message)
         elif isinstance(message, RoomEnded):
@@ -212,9 +247,19 @@ class Peer:
         if self._draining and self._phase is not Phase.IN_ROOM:
             self._socket.drop()
 
+    async def on_away(self) -> None:
+        """The connection is lost and the client may come back: a queued peer keeps its
+        place but must not be paired meanwhile (the Redis matchmaker marks it)."""
+        if self._phase is Phase.QUEUED:
+            await self._tell_matchmaker(Away(self._sid))
+
     async def on_recover(self) -> None:
         """Back after a lost connection, with the same state: a queued peer, skipped by
-        the matchmaker while away, asks it to look again."""
+        the matchmaker while away, asks it to look again. A peer that came from another
+        node first has the shared state point here."""
+        if self._arrived:
+            self._arrived = False
+            await self._tell_matchmaker(Arrived(self._sid))
         if self._phase is Phase.QUEUED:
             await self._tell_matchmaker(Returned(self._sid))
 
@@ -226,6 +271,59 @@ class Peer:
             # Even when idle: the matchmaker, not this peer, knows whether an Enqueue of
             # ours was paired before our last word reached it. Withdraw undoes either.
             await self._tell_matchmaker(Withdraw(self._sid, HangupReason.DISCONNECT))
+
+    # -- moving to another node (connection state recovery across nodes) -------------
+
+    def export_state(self) -> dict[str, Any]:
+        """This peer's state as JSON, for another node to go on from (:meth:`restore`):
+        phase, ticket, name and image, the call's room and partner (with the partner's
+        node), rate limits as ages, the relay budget, the recent event ids."""
+        limits = self._limits.carry()
+        state: dict[str, Any] = {
+            "phase": self._phase.value, "ticket": self._ticket,
+            "member": None if self._member is None else [self._member.name,
+                                                         self._member.image],
+            "limits": [limits.last_room_age, list(limits.message_ages),
+                       list(limits.ice_server_ages)],
+            "seen": list(self._seen or ()), "turn": self._turn_id,
+            "budget": self._relays.carry()}
+        call = self._call
+        if call is not None:
+            partner = call.partner
+            relocation = self._relocation
+            node = relocation.node_of(partner.socket) if relocation is not None else ""
+            state["call"] = [call.room_id, partner.sid, partner.name, partner.image, node]
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from another node's :meth:`export_state` (this peer is new, on the
+        same ``sid``, made with a relocation)."""
+        relocation = self._relocation
+        assert relocation is not None
+        self._ticket = int(state["ticket"])
+        if state["member"] is not None:
+            name, image = state["member"]
+            self._member = Member(self._sid, str(name), str(image), self._socket)
+        last_room, messages, ice_servers = state["limits"]
+        self._limits.resume(LimiterState(last_room, tuple(messages), tuple(ice_servers)))
+        budget = state.get("budget")
+        self._relays.resume(None if budget is None else (budget[0], budget[1]))
+        for event_id in state["seen"]:
+            self._remember(str(event_id))
+        self._turn_id = state["turn"]
+        phase = Phase(state["phase"])
+        call = state.get("call")
+        if phase is Phase.IN_ROOM and call is not None:
+            room_id, partner, name, image, node = call
+            inbox, partner_socket = relocation.rejoin(self._socket, room_id, partner, node)
+            if inbox is not None and partner_socket is not None:
+                self._call = Call(room_id, inbox, Member(partner, name, image,
+                                                         partner_socket))
+                self._phase = phase
+        else:
+            relocation.rejoin(self._socket, None, "", "")
+            self._phase = phase
+        self._arrived = True
 
     # -- client events ---------------------------------------------------------------
 
@@ -356,6 +454,13 @@ class Peer:
 
     # -- helpers -----------------------------------------------------------------------
 
+    @staticmethod
+    async def _send_to(partner: Socket, deliver: Deliver) -> None:
+        if type(partner) is RemoteSocket:
+            await partner.send(deliver)
+        else:
+            partner.post(deliver)
+
     def _check_target(self, room_id: str | None, target: str | None) -> Call:
         """The current call, if ``room_id`` and ``target`` (when given) name it."""
         call = self._call
@@ -424,9 +529,11 @@ class LiveLoopNamespace:
                  snapshot: Callable[[], Snapshot],
                  clock: Callable[[], float] = trio.current_time,
                  metrics: Metrics | None = None,
-                 ice: IceServers | None = None, *, confirm: bool = False) -> None:
+                 ice: IceServers | None = None,
+                 relocation: Relocation | None = None, *, confirm: bool = False) -> None:
         self._settings = settings
         self._confirm = confirm
+        self._relocation = relocation
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
@@ -436,4 +543,13 @@ class LiveLoopNamespace:
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
         return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
-                    self._metrics, self._ice, confirm=self._confirm)
+                    self._metrics, self._ice, self._relocation, confirm=self._confirm)
+
+    async def restore(self, socket: Socket, state: Any) -> Peer:
+        """A peer for ``socket`` handed over from another node, going on from ``state``
+        (:meth:`Peer.export_state`). Only with a relocation (Redis); raises otherwise."""
+        if self._relocation is None:
+            raise RuntimeError("nothing to restore from without shared state")
+        peer = await self.connect(socket, None)
+        peer.restore(state)
+        return peer

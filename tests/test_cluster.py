@@ -439,7 +439,9 @@ async def shared_state(cluster: Cluster) -> tuple[list[str], dict[str, tuple[str
 
 async def test_killed_node_partners_told_in_time(nursery: trio.Nursery,
                                                  redis: RedisServer) -> None:
-    async with make_cluster(nursery, redis, node_timeout=TIMEOUT) as cluster, cluster.session():
+    # Recovery off: told at once (with it on, after the window: test_recovery_cluster.py).
+    async with make_cluster(nursery, redis, node_timeout=TIMEOUT, recovery_window=0
+                            ) as cluster, cluster.session():
         a, _ = await pair(cluster, 0, 1)
         lonely = await cluster.client(1)
         with trio.fail_after(DEADLINE):
@@ -497,9 +499,10 @@ async def nodes_registered(cluster: Cluster) -> None:
 async def test_node_that_was_declared_lost_drops_its_clients(nursery: trio.Nursery,
                                                              redis: RedisServer) -> None:
     """A node stalled past the timeout (SIGSTOP) is declared lost like a dead one; when
-    it runs again it finds its liveness gone and drops its clients (no split brain)."""
-    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT) as cluster, \
-            cluster.session():
+    it runs again it finds its liveness gone and drops its clients (no split brain).
+    Recovery off: the partner is told at the declaration, not after the window."""
+    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT,
+                            recovery_window=0) as cluster, cluster.session():
         a, b = await pair(cluster, 0, 1)
         node = cluster.nodes[1]
         assert node.process is not None

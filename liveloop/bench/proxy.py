@@ -12,6 +12,8 @@
   client's reconnection attempts fail until it is cleared).
 - :meth:`CuttingProxy.hold` keeps what arrives, either way, until :meth:`CuttingProxy.resume`
   forwards it (a slow link, delayed as long as a test wants: nothing lost).
+- :attr:`CuttingProxy.target` is the port new connections go to: changing it moves the
+  client's next connection to another server (a balancer that moved it).
 
 It runs in the caller's nursery (``url = await nursery.start(proxy.run)``).
 """
@@ -46,7 +48,7 @@ class CuttingProxy:
     """See the module docstring."""
 
     def __init__(self, target_port: int) -> None:
-        self._target = target_port
+        self.target = target_port
         self._links: set[_Link] = set()
         self.refusing = False
         self._flowing = trio.Event()
@@ -91,7 +93,7 @@ class CuttingProxy:
             _reset(client)
             return
         try:
-            server = await trio.open_tcp_stream("127.0.0.1", self._target)
+            server = await trio.open_tcp_stream("127.0.0.1", self.target)
         except OSError:
             _reset(client)
             return
