@@ -42,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the process exit status."""
     args = _parser().parse_args(argv)
     if args.command in ("serve", "conformance"):
-        settings = Settings.from_args(args)
+        try:
+            settings = Settings.from_args(args)
+        except ValueError as exc:  # a bad LIVELOOP_* value or flag: say what, no traceback
+            print(f"liveloop {args.command}: {exc}", file=sys.stderr)
+            return 2
         logs.configure(settings)
         make_app: Callable[[Settings], RootApp]
         if args.command == "serve":

@@ -35,6 +35,21 @@ def _parse_origins(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _replay_fits_outbox(settings: Settings, field: attrs.Attribute[int], value: int) -> None:
+    """With recovery on, a replay of a whole history must fit a client's outbox, with the
+    CONNECT answer that follows it: the replay goes through the outbox all at once, and
+    an outbox that would overflow closes the session. Below the outbox's bound, then;
+    equal would depend on the transport having taken some of it in between."""
+    outbox = {"recovery_packets": ("outbox_size", settings.outbox_size),
+              "recovery_bytes": ("outbox_bytes", settings.outbox_bytes)}[field.name]
+    if settings.recovery_window > 0 and value >= outbox[1]:
+        raise ValueError(
+            f"{field.name} ({value}) must be below {outbox[0]} ({outbox[1]}): a recovery "
+            f"replays up to {field.name} through the client's outbox, which would "
+            f"overflow and close the session; lower {field.name}, raise {outbox[0]}, or "
+            "turn recovery off (recovery_window 0)")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """All of Live Loop's settings. Durations are seconds, sizes are bytes or characters."""
@@ -188,10 +203,12 @@ class Settings:
         metadata={"help": "seconds a lost connection's session waits for its client; 0: off"},
     )
     recovery_packets: int = attrs.field(
-        default=256, metadata={"help": "events kept per client for a replay"}
+        default=256, validator=_replay_fits_outbox,
+        metadata={"help": "events kept per client for a replay"},
     )
     recovery_bytes: int = attrs.field(
-        default=262_144, metadata={"help": "bytes of events kept per client for a replay"}
+        default=262_144, validator=_replay_fits_outbox,
+        metadata={"help": "bytes of events kept per client for a replay"},
     )
 
     # Several nodes sharing one queue (docs/cluster.md); empty: one process, in memory.

@@ -143,6 +143,27 @@ class Response:
         return json.loads(self.body)
 
 
+async def receive_response(conn: h11.Connection, stream: trio.abc.ReceiveStream
+                           ) -> Response:
+    """The response ``conn`` receives next on ``stream``, once complete (a kept-alive
+    ``conn`` is then ready for its next request), or what came of it before the
+    connection closed (status 0: not even its head)."""
+    status, headers, body = 0, {}, bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(65536)))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            if conn.our_state is conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+            return Response(status, headers, bytes(body))
+
+
 async def http_get(url: str, path: str) -> Response:
     """``GET path`` on the server at ``url`` (``http://host:port``), one connection."""
     parts = urlsplit(url)
@@ -153,27 +174,12 @@ async def http_get(url: str, path: str) -> Response:
         request = h11.Request(method="GET", target=path, headers=[
             ("Host", parts.netloc), ("Connection", "close"), ("Accept", "application/json")])
         await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-        response: h11.Response | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise AssertionError(f"unexpected HTTP event {event!r}")
-    assert response is not None
-    headers = {k.decode().lower(): v.decode("latin-1") for k, v in response.headers}
+        response = await receive_response(conn, stream)
+    assert conn.their_state is h11.MUST_CLOSE, f"closed before the end: {response}"
     # h11 frames the body by Content-Length: check we got exactly that many bytes.
-    if "content-length" in headers:
-        assert len(body) == int(headers["content-length"])
-    return Response(response.status_code, headers, bytes(body))
+    if "content-length" in response.headers:
+        assert len(response.body) == int(response.headers["content-length"])
+    return response
 
 
 def split_offset(line: dict[str, Any]) -> dict[str, Any]:

@@ -80,3 +80,13 @@ async def liveloop_process(*args: str, env: Mapping[str, str] | None = None
                 process.kill()
                 await process.wait()
         assert process.returncode == 0, f"exit status {process.returncode}:\n{running.text()}"
+
+
+async def until_draining(url: str) -> None:
+    """Until the server at ``url`` says it drains (``/readyz`` answers 503): its signal
+    has been handled. Another process's state: nothing to wait on but its answers."""
+    with trio.fail_after(DEADLINE):
+        while True:
+            if (await http_get(url, "/readyz")).status == 503:
+                return
+            await trio.sleep(0.01)

@@ -44,3 +44,29 @@ def test_conformance_settings_match_the_suites() -> None:
     assert (settings.ping_interval, settings.ping_timeout, settings.max_payload) == (
         0.3, 0.2, 1_000_000)
     assert settings.allowed_origins == ("*",)
+
+
+def test_a_replay_must_fit_the_outbox() -> None:
+    """recovery_packets and recovery_bytes below outbox_size and outbox_bytes, with
+    recovery on: else a full replay would overflow the outbox and close the session."""
+    with pytest.raises(ValueError, match=r"recovery_packets \(512\) must be below "
+                       r"outbox_size \(512\)"):
+        Settings.from_env({"LIVELOOP_RECOVERY_PACKETS": "512"})
+    with pytest.raises(ValueError, match=r"recovery_packets \(256\) must be below "
+                       r"outbox_size \(256\)"):
+        Settings(outbox_size=256)
+    with pytest.raises(ValueError, match=r"recovery_bytes \(262144\) must be below "
+                       r"outbox_bytes \(1000\)"):
+        Settings(outbox_bytes=1000)
+    assert Settings(outbox_size=257).recovery_packets == 256
+    # With recovery off the history is not kept: nothing to fit.
+    assert Settings(outbox_size=16, outbox_bytes=1000, recovery_window=0).outbox_size == 16
+
+
+def test_liveloop_serve_refuses_bad_settings_saying_why(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from liveloop.cli import main
+
+    assert main(["serve", "--outbox-size", "100"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "liveloop serve: recovery_packets (256) must be below outbox_size (100)")

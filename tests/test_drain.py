@@ -7,6 +7,7 @@ an HTTP answer or the process's exit, under ``trio.fail_after``.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import trio
 
 from .conftest import DEADLINE, Sock, http_get
 from .nodeclient import NodeClient
+from .processes import until_draining
 
 CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host",
              "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "f00d"}
@@ -41,12 +43,7 @@ class Server:
             return await self.process.wait()
 
     async def until_draining(self) -> None:
-        """Wait until ``/readyz`` says so: the signal has been handled."""
-        with trio.fail_after(DEADLINE):
-            while True:
-                if (await http_get(self.url, "/readyz")).status == 503:
-                    return
-                await trio.sleep(0.01)
+        await until_draining(self.url)
 
 
 async def _keep_reading(stream: trio.abc.ReceiveStream, log: bytearray) -> None:
@@ -92,6 +89,19 @@ async def pair(driver: NodeClient, url: str) -> tuple[Sock, Sock]:
     return a, b
 
 
+@contextlib.asynccontextmanager
+async def a_call(start: Any, drain_timeout: str
+                 ) -> AsyncIterator[tuple[Server, NodeClient, Sock, Sock]]:
+    """A server that drains for ``drain_timeout`` seconds after a signal, and a call on
+    it (two official clients paired, through ``NodeClient``); no traceback in its log
+    at the end."""
+    server = await start("--drain-timeout", drain_timeout)
+    async with NodeClient("node") as driver:
+        a, b = await pair(driver, server.url)
+        yield server, driver, a, b
+    assert b"Traceback" not in server.log
+
+
 async def relays(sender: Sock, receiver: Sock) -> None:
     with trio.fail_after(DEADLINE):
         assert await sender.call("send-new-ice-candidates", {"candidate": CANDIDATE}) == OK
@@ -99,9 +109,7 @@ async def relays(sender: Sock, receiver: Sock) -> None:
 
 
 async def test_drain_keeps_calls_and_sends_the_rest_elsewhere(start: Any) -> None:
-    server = await start("--drain-timeout", "600")
-    async with NodeClient("node") as driver:
-        a, b = await pair(driver, server.url)
+    async with a_call(start, "600") as (server, driver, a, b):
         idle = Sock(driver, "idle")
         queued = Sock(driver, "queued")
         with trio.fail_after(DEADLINE):
@@ -131,25 +139,19 @@ async def test_drain_keeps_calls_and_sends_the_rest_elsewhere(start: Any) -> Non
             for sock in (a, b):  # its end lets both go
                 assert (await sock.wait("disconnect"))["reason"] == "transport close"
         assert await server.exit_status() == 0
-    assert b"Traceback" not in server.log
 
 
 async def test_calls_are_closed_at_the_drain_timeout(start: Any) -> None:
-    server = await start("--drain-timeout", "0.5")
-    async with NodeClient("node") as driver:
-        a, b = await pair(driver, server.url)
+    async with a_call(start, "0.5") as (server, _, a, b):
         server.signal(signal.SIGINT)
         with trio.fail_after(DEADLINE):
             for sock in (a, b):
                 assert (await sock.wait("disconnect"))["reason"] == "transport close"
         assert await server.exit_status() == 0
-    assert b"Traceback" not in server.log
 
 
 async def test_a_second_signal_stops_at_once(start: Any) -> None:
-    server = await start("--drain-timeout", "600")
-    async with NodeClient("node") as driver:
-        a, b = await pair(driver, server.url)
+    async with a_call(start, "600") as (server, _, a, b):
         server.signal(signal.SIGTERM)
         await server.until_draining()
         await relays(a, b)

@@ -40,7 +40,7 @@ from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-from .conftest import DEADLINE, Sock, fuzz_seconds, http_get
+from .conftest import DEADLINE, Sock, fuzz_seconds, http_get, receive_response
 from .fuzz import EVENTS, HANDSHAKE, WEBSOCKET, Fuzz
 from .nodeclient import DriverError, NodeClient
 
@@ -237,20 +237,8 @@ async def _http(stream: trio.SocketStream, conn: h11.Connection, method: str, ta
     headers = [("Host", "t"), ("Content-Length", str(len(body)))]
     await stream.send_all(conn.send(h11.Request(method=method, target=target, headers=headers))
                           + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-    status, received = 0, b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            received += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            conn.start_next_cycle()
-            return status, received
-        else:
-            return status, received
+    response = await receive_response(conn, stream)
+    return response.status, response.body
 
 
 async def attack_polling(server: Server, fuzz: Fuzz, stats: Stats) -> None:

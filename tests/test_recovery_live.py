@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from liveloop.app import create_app
+from liveloop.bench.cuts import ReconnectingClient
 from liveloop.client import (
     ChatMessage,
-    Disconnected,
     IceCandidateReceived,
     LiveLoopClient,
     LiveLoopEvent,
@@ -106,65 +106,30 @@ def connects(sock: Sock) -> list[dict[str, Any]]:
 # -- liveloop.client, reconnecting as the official client does ----------------------------
 
 
-class Reconnecting:
-    """A ``liveloop.client`` user that reconnects after every lost connection, recovering
-    its session, and records every event and every connect's ``recovered``."""
+class Reconnecting(ReconnectingClient):
+    """The bench's reconnecting ``liveloop.client`` user, recording every event and
+    every connect's ``recovered`` and sid."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
+        super().__init__(url, reconnect_delay=0.2)
         self.events: list[LiveLoopEvent] = []
         self.recovered: list[bool] = []
         self.sids: list[str] = []
-        self.client: LiveLoopClient | None = None
-        self.connected = trio.Event()
-        self.stopped = False
         self._news = trio.Event()
+
+    def on_connect(self, client: LiveLoopClient) -> None:
+        self.recovered.append(client.recovered)
+        self.sids.append(client.sid)
+
+    def on_event(self, event: LiveLoopEvent) -> None:
+        self.events.append(event)
+        self._news.set()
 
     async def wait_chat(self, event_id: str) -> None:
         """Until a chat message with ``event_id`` has arrived."""
         while not any(isinstance(e, ChatMessage) and e.id == event_id for e in self.events):
             self._news = trio.Event()
             await self._news.wait()
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
-        previous: LiveLoopClient | None = None
-        started = False
-        while not self.stopped:
-            try:
-                async with open_client(self.url, previous=previous) as client:
-                    self.client, previous = client, client
-                    self.recovered.append(client.recovered)
-                    self.sids.append(client.sid)
-                    self.connected.set()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    async for event in client.events():
-                        self.events.append(event)
-                        self._news.set()
-            except (OSError, Disconnected):
-                pass
-            except BaseExceptionGroup as group:  # trio-websocket's handshake failures
-                if not group.subgroup((OSError, Disconnected)):
-                    raise
-            self.connected = trio.Event()
-            await trio.sleep(0.2)  # the client's reconnection delay
-
-    async def send_message(self, text: str, event_id: str) -> None:
-        """Send until acked, through cuts, with the same id every time."""
-        while True:
-            client = self.client
-            try:
-                if client is not None and not client.sio.closed:
-                    ack = await client.send_message(text, id=event_id)
-                    assert ack.ok, ack
-                    return
-            except Disconnected:
-                pass
-            await self.connected.wait()
-            if self.client is client:
-                await trio.sleep(0.05)
 
 
 # -- the steady-cut test ----------------------------------------------------------------
@@ -239,7 +204,7 @@ async def test_steady_cuts_lose_and_duplicate_nothing(nursery: trio.Nursery,
                 if done.is_set():
                     return
                 mid = f"la{n}"
-                await la.send_message(mid, mid)
+                assert await la.send_message(mid, mid)
                 t.from_a_chat.append(mid)
                 await trio.sleep(0.3)
 
@@ -279,13 +244,13 @@ async def test_steady_cuts_lose_and_duplicate_nothing(nursery: trio.Nursery,
                              lambda line: line["args"][0].get("id") == "end-a")
             await lb.send_message("end", id="end-b")
             traffic["py"].to_a_chat.append("end-b")
-            await la.send_message("end", "end-a")
+            assert await la.send_message("end", "end-a")
             traffic["py"].from_a_chat.append("end-a")
             await la.wait_chat("end-b")
             seen_by_lb: list[LiveLoopEvent] = []
             while not any(isinstance(e, ChatMessage) and e.id == "end-a" for e in seen_by_lb):
                 seen_by_lb.append(await lb.receive())
-        la.stopped = True
+        la.stop = True
         assert served.proxy.cuts == CUTS
 
         # The official client, both transports' setups

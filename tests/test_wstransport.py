@@ -40,6 +40,7 @@ from liveloop.server import EngineServer, wstransport
 from liveloop.server.frontdoor import Server
 from liveloop.server.session import FLUSH_GRACE, OutFrame, take_all
 
+from .conftest import receive_response
 from .fuzz import Fuzz
 
 PATH = "/engine.io/"
@@ -238,18 +239,8 @@ async def raw_request(url: str, request: bytes) -> tuple[int, bytes]:
     stream = await trio.open_tcp_stream(host, int(port))
     async with stream:
         await stream.send_all(request)
-        conn = h11.Connection(h11.CLIENT)
-        status, body = 0, b""
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return status, body
+        response = await receive_response(h11.Connection(h11.CLIENT), stream)
+        return response.status, response.body
 
 
 @pytest.fixture

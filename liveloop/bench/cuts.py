@@ -36,6 +36,7 @@ from ..client import (
     Disconnected,
     IceCandidateReceived,
     LiveLoopClient,
+    LiveLoopEvent,
     RemoteStopped,
     open_client,
 )
@@ -46,47 +47,57 @@ RECONNECT_DELAY = 0.5
 
 
 @attrs.define
-class _Side:
-    """One "a": its connection as it is now, and what it received."""
+class ReconnectingClient:
+    """A ``liveloop.client`` user that reconnects after every lost connection, as the
+    official client does (after ``reconnect_delay``), passing its session on
+    (``open_client(previous=...)``) so that a server that recovers connections keeps it.
+    A subclass records what it needs in the hooks :meth:`on_connect` and
+    :meth:`on_event`. Set ``stop`` to let it end after its connection does."""
 
     url: str
+    reconnect_delay: float = RECONNECT_DELAY
     client: LiveLoopClient | None = None
-    connected: trio.Event = attrs.Factory(trio.Event)
-    reconnects: int = 0
-    recovered: int = 0
-    got: collections.Counter[str] = attrs.Factory(collections.Counter)
-    stopped_by_remote: int = 0
+    """The connection as it is now (None before the first)."""
+    connections: int = 0
+    """How many connections it has made, the first one included."""
     stop: bool = False
+    _connected: trio.Event = attrs.Factory(trio.Event)
+    """Set by each new connection, then replaced for the next."""
+
+    def on_connect(self, client: LiveLoopClient) -> None:
+        """Each new connection, the first included (``connections`` counts them)."""
+
+    def on_event(self, event: LiveLoopEvent) -> None:
+        """Each event received, on whichever connection."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
+        """Connect, then reconnect after each lost connection until ``stop``; started
+        once the first connection is made."""
         previous: LiveLoopClient | None = None
         while not self.stop:
             try:
                 async with open_client(self.url, previous=previous) as client:
-                    if previous is not None:
-                        self.reconnects += 1
-                        self.recovered += client.recovered
-                    else:
-                        task_status.started()
                     self.client = previous = client
-                    self.connected.set()
+                    self.connections += 1
+                    self.on_connect(client)
+                    self._connected.set()
+                    self._connected = trio.Event()
+                    if self.connections == 1:
+                        task_status.started()
                     async for event in client.events():
-                        if isinstance(event, IceCandidateReceived) and event.candidate:
-                            self.got[str(event.candidate.get("sdpMid"))] += 1
-                        elif isinstance(event, RemoteStopped):
-                            self.stopped_by_remote += 1
+                        self.on_event(event)
             except (OSError, Disconnected):
                 pass
             except BaseExceptionGroup as group:  # trio-websocket's handshake failures
                 if not group.subgroup((OSError, Disconnected)):
                     raise
-            self.connected = trio.Event()
-            await trio.sleep(RECONNECT_DELAY)
+            await trio.sleep(self.reconnect_delay)
 
     async def send_message(self, text: str, event_id: str) -> bool:
-        """Send until acked, through cuts, with the same id each time. False if the
-        server refused it (the pair was split: nothing more to do)."""
+        """Send until acked, through cuts, with the same id each time (a server that
+        drops repeated ids delivers it once); whether the server accepted it. False if
+        it refused it (the pair was split: nothing more to do) or ``stop`` came first."""
         while not self.stop:
             client = self.client
             try:
@@ -94,9 +105,32 @@ class _Side:
                     return (await client.send_message(text, id=event_id)).ok
             except Disconnected:
                 pass
-            with trio.move_on_after(RECONNECT_DELAY * 4):
-                await self.connected.wait()
+            # Until the next connection; bounded, to see ``stop``.
+            with trio.move_on_after(self.reconnect_delay * 4):
+                while self.client is client:
+                    await self._connected.wait()
         return False
+
+
+@attrs.define
+class _Side(ReconnectingClient):
+    """One "a": its reconnections, and what it received."""
+
+    reconnects: int = 0
+    recovered: int = 0
+    got: collections.Counter[str] = attrs.Factory(collections.Counter)
+    stopped_by_remote: int = 0
+
+    def on_connect(self, client: LiveLoopClient) -> None:
+        if self.connections > 1:
+            self.reconnects += 1
+            self.recovered += client.recovered
+
+    def on_event(self, event: LiveLoopEvent) -> None:
+        if isinstance(event, IceCandidateReceived) and event.candidate:
+            self.got[str(event.candidate.get("sdpMid"))] += 1
+        elif isinstance(event, RemoteStopped):
+            self.stopped_by_remote += 1
 
 
 async def run_cuts(url: str, pairs: int, rate: float, duration: float, cut_every: float,
