@@ -292,7 +292,7 @@ async def test_each_worker_has_its_own_metrics_and_limits(nursery: trio.Nursery)
                     status, body = await http.request("GET", POLLING)
                     assert status == 200
                     sids.append(json.loads(body[1:])["sid"])
-                await http._stream.aclose()
+                await http.aclose()
             counts = [sum(sid[0] == TAGS[index] for sid in sids) for index in range(2)]
             assert sorted(counts) == [1, 2]
             found = [await scrape_worker(url) for url in metrics]
