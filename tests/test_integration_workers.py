@@ -27,7 +27,7 @@ import pytest
 import trio
 
 from . import test_integration_liveloop as suite
-from .cluster import RedisServer, need_redis
+from .cluster import running_redis
 from .conftest import VARIANTS, Sock, Variant
 from .nodeclient import NodeClient
 from .processes import liveloop_process
@@ -76,17 +76,15 @@ _live: list[Live] = []
 
 async def _deployment(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
                       **settings: Any) -> AsyncIterator[Live]:
-    redis = RedisServer(nursery, need_redis())
-    await redis.start()
-    env = {"LIVELOOP_REDIS_URL": redis.url,
-           **{f"LIVELOOP_{name.upper()}": str(value) for name, value in settings.items()}}
-    try:
-        async with liveloop_process("serve", "--workers", "2", env=env) as running:
-            _live[:] = [Live(running.url, driver, variant)]
-            yield _live[0]
-    finally:
-        _live.clear()
-        await redis.stop()
+    async with running_redis(nursery) as redis:
+        env = {"LIVELOOP_REDIS_URL": redis.url,
+               **{f"LIVELOOP_{name.upper()}": str(value) for name, value in settings.items()}}
+        try:
+            async with liveloop_process("serve", "--workers", "2", env=env) as running:
+                _live[:] = [Live(running.url, driver, variant)]
+                yield _live[0]
+        finally:
+            _live.clear()
 
 
 @pytest.fixture
