@@ -14,15 +14,17 @@ servers' session nurseries and the Live Loop service) run in :meth:`RootApp.run`
   a guest run on the server's loop, and every other ASGI call crosses to it through
   :class:`~liveloop.guest.GuestRun` (see :mod:`liveloop.guest`); a crash there is
   logged at CRITICAL and ends the process with status 1 as well (the server itself
-  would go on serving).
+  would go on serving); under hypercorn's single spawned worker its parent, which would
+  exit 0, is ended too (:mod:`liveloop.hostexit`).
 
-Under any other async library the lifespan startup fails with :data:`WRONG_HOST`.
+Under any other async library the lifespan startup fails with :data:`WRONG_HOST`; a WSGI
+server (``gunicorn liveloop.app:app`` with its sync worker, ``wsgiref``) gets a 500 whose
+body, and a CRITICAL log line, is :data:`WSGI_HOST` (see :class:`HostedApp`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
@@ -32,6 +34,7 @@ import trio
 
 from .config import Settings
 from .guest import GuestRun
+from .hostexit import exit_now, fail_host
 from .logs import configure_under_host
 from .metrics import Metrics, serve_metrics
 from .server import EngineServer, socketio_server
@@ -42,10 +45,17 @@ from .server.session import DISCONNECT_GRACE
 
 log = logging.getLogger(__name__)
 
+COMMANDS = ("`liveloop serve`, `hypercorn liveloop.app:app`, "
+            "`hypercorn -k trio liveloop.app:app` or `uvicorn liveloop.app:app`")
+"""The commands that serve Live Loop, for the messages to a user who tried another."""
 WRONG_HOST = (
     "Live Loop runs on Trio, natively or as a guest on an asyncio loop, but this server "
-    "runs {library}. Start it with `liveloop serve`, `hypercorn liveloop.app:app`, "
-    "`hypercorn -k trio liveloop.app:app` or `uvicorn liveloop.app:app`."
+    "runs {library}. Start it with " + COMMANDS + "."
+)
+WSGI_HOST = (
+    "Live Loop is an ASGI application (Socket.IO needs WebSockets and long-lived "
+    "requests), but this server called it as a WSGI application, which cannot serve it. "
+    "Start it with " + COMMANDS + "."
 )
 NO_LIFESPAN = (
     "Live Loop starts its Trio side in the ASGI lifespan, which this server did not "
@@ -143,6 +153,7 @@ class RootApp:
         if library != "trio":
             wrong = WRONG_HOST.format(library=library)
             log.critical(wrong)
+            fail_host()
             await send({"type": "lifespan.startup.failed", "message": wrong})
             return
         if self._running:  # ``liveloop serve`` runs the actors itself
@@ -173,6 +184,7 @@ class RootApp:
             await guest.start()
         except Exception as exc:
             log.critical("Live Loop failed to start", exc_info=True)
+            fail_host()
             await send({"type": "lifespan.startup.failed", "message": repr(exc)})
             return
         self._guest = guest
@@ -187,11 +199,10 @@ class RootApp:
 
     @staticmethod
     def _exit(status: int) -> None:
-        """End the process now with ``status``, the crash being logged. Raising instead
-        would have hypercorn's worker print the exception group again, raw, on stderr,
-        and hypercorn 0.18's parent exit 0 all the same (docs/operations.md)."""
-        logging.shutdown()
-        os._exit(status)
+        """End the process now with ``status``, the crash being logged (and hypercorn's
+        parent process, which would exit 0: :mod:`liveloop.hostexit`). Raising instead
+        would have hypercorn's worker print the exception group again, raw, on stderr."""
+        exit_now(status)
 
 
 def rest_app(settings: Settings,
@@ -253,12 +264,50 @@ def create_app(settings: Settings) -> RootApp:
 
     metrics = Metrics(enabled=bool(settings.metrics_bind))
     service = LiveLoop(settings, metrics)
-    engine = socketio_server(settings, {"/": service.namespace}, metrics)
+    engine = socketio_server(settings, {"/": service.namespace}, metrics,
+                             service.recovery_store())
     actors: tuple[Actor, ...] = (service.run,)
     if settings.metrics_bind:
         actors += (partial(serve_metrics, metrics, settings.metrics_bind),)
     http = StaticMount("/app", web_files(), rest_app(settings, service.fetch_status))
     return RootApp({settings.path: engine}, http, actors, metrics)
+
+
+class HostedApp:
+    """What a server loads as ``liveloop.app:app``: ``asgi`` for an ASGI server, and for
+    a WSGI server a 500 naming :data:`COMMANDS` (logged at CRITICAL once), rather than
+    Python's TypeError from a call with two arguments instead of three.
+
+    Servers tell ASGI 3 from WSGI (or ASGI 2) by whether the object, or its
+    ``__call__`` attribute, is a coroutine function: hypercorn's ``is_asgi`` and
+    uvicorn's ``interface="auto"`` both read ``app.__call__``. That attribute is
+    ``asgi`` itself, set on the instance, so both see an ASGI 3 app on every Python
+    version (no ``inspect.markcoroutinefunction``, which only 3.12 has). Calling the
+    object, though, runs the class's ``__call__`` (Python looks special methods up on
+    the type, never the instance), which can answer a synchronous WSGI call."""
+
+    def __init__(self, asgi: ASGIApp) -> None:
+        self.asgi = asgi
+        self._told = False
+        # what servers inspect (see the class docstring); the call itself ignores it
+        object.__setattr__(self, "__call__", asgi)
+
+    def __call__(self, *args: Any) -> Any:
+        """``(scope, receive, send)``: the ASGI app's coroutine. ``(environ,
+        start_response)``: a WSGI answer, 500 with :data:`WSGI_HOST`."""
+        if len(args) == 2 and isinstance(args[0], dict) and callable(args[1]):
+            return self._wsgi(args[1])
+        return self.asgi(*args)
+
+    def _wsgi(self, start_response: Callable[..., object]) -> list[bytes]:
+        if not self._told:
+            self._told = True
+            log.critical(WSGI_HOST)
+        body = (WSGI_HOST + "\n").encode()
+        start_response("500 Internal Server Error", [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body)))])
+        return [body]
 
 
 def lazy_app(factory: Callable[[Settings], RootApp]) -> ASGIApp:
@@ -277,6 +326,7 @@ def lazy_app(factory: Callable[[Settings], RootApp]) -> ASGIApp:
                 log.critical("Live Loop cannot start: %s", exc)
                 if scope["type"] != "lifespan":
                     raise
+                fail_host()
                 await receive()
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
@@ -285,6 +335,6 @@ def lazy_app(factory: Callable[[Settings], RootApp]) -> ASGIApp:
     return app
 
 
-app = lazy_app(create_app)
+app = HostedApp(lazy_app(create_app))
 """What ``hypercorn liveloop.app:app`` (any worker) and ``uvicorn liveloop.app:app``
-serve; settings from ``LIVELOOP_*``."""
+serve; settings from ``LIVELOOP_*``. A WSGI server gets a 500 naming those commands."""

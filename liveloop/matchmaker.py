@@ -25,7 +25,9 @@ import trio
 from .config import Settings
 from .errors import ErrorCode
 from .messages import (
+    Arrived,
     Avoid,
+    Away,
     Enqueue,
     Hangup,
     Matched,
@@ -57,6 +59,9 @@ def new_room_id() -> str:
 
 class Matchmaker:
     """The matchmaker actor. Send it messages through :attr:`mailbox`; start :meth:`run`."""
+
+    confirms = False
+    """Acks need not wait: this mailbox's order is the order of every change."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
@@ -121,8 +126,10 @@ class Matchmaker:
                 message.member.socket.post(Refused(
                     message.ticket, ErrorCode.QUEUE_FULL,
                     "the queue is full, try again later"))
-        elif isinstance(message, Returned):
-            pass  # the pairing pass that follows every batch now sees them present
+        elif isinstance(message, Returned | Away | Arrived):
+            # Presence is read from the socket: the pairing pass that follows every
+            # batch sees who is there.
+            pass
         elif isinstance(message, Avoid):
             self._lobby.avoid(message.first, message.second, trio.current_time())
         elif isinstance(message, Withdraw):

@@ -4,7 +4,8 @@ Who sends what, and through which channel:
 
 - connection -> matchmaker (``await send`` on the matchmaker's bounded mailbox: a full
   mailbox slows down that connection only): :class:`Enqueue`, :class:`Avoid`,
-  :class:`Withdraw`, :class:`Returned`; a room's end -> matchmaker: :class:`RoomClosed`.
+  :class:`Withdraw`, :class:`Returned`, :class:`Away`, :class:`Arrived`; a room's end
+  -> matchmaker: :class:`RoomClosed`.
 - connection or matchmaker -> room (``await send`` on the room's bounded inbox; a room
   never blocks, so the inbox drains at CPU speed; once the room has ended the send fails
   at once and the sender drops the message): :class:`Hangup`.
@@ -14,6 +15,13 @@ Who sends what, and through which channel:
 - connection -> its partner's connection, while both are in one room (``socket.post``):
   :class:`Deliver`, a relayed event. A room's members are fixed for its life, so the
   sender reaches its partner without a hop through the room's task.
+
+:class:`Enqueue`, :class:`Withdraw` and :class:`Hangup` may carry ``applied``, an event
+the shared state sets once the change is applied where every node sees it (with Redis:
+the script has run). The one mutable thing in a message, on purpose: it is how a
+connection acks its client only after the change is done (docs/events.md, "What an ack
+means"). The in-process matchmaker and rooms never need it (their mailboxes' order is the
+order of changes), and it is None there.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ class Enqueue:
 
     member: Member
     ticket: int
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 @attrs.frozen
@@ -73,6 +83,8 @@ class Withdraw:
 
     sid: str
     reason: HangupReason
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 @attrs.frozen
@@ -89,7 +101,33 @@ class Returned:
     sid: str
 
 
-MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned
+@attrs.frozen
+class Away:
+    """``sid``'s connection is lost and it may come back (connection state recovery):
+    while away it keeps its queue place but is not paired. The in-process matchmaker
+    asks the socket instead (``present``); the Redis one marks the record."""
+
+    sid: str
+
+
+@attrs.frozen
+class Arrived:
+    """``sid`` recovered on this node after living on another (its record was handed
+    over): the shared state now names this node for it, and its partner's
+    node is told (docs/cluster.md)."""
+
+    sid: str
+
+
+MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned | Away | Arrived
+
+
+def release(message: object) -> None:
+    """Set ``message``'s ``applied`` if it has one: it is applied, or nobody will apply
+    it (its room has ended, the matchmaker has stopped), so its sender need not wait."""
+    applied = getattr(message, "applied", None)
+    if applied is not None:
+        applied.set()
 
 
 # -- to a room -------------------------------------------------------------------------
@@ -101,6 +139,8 @@ class Hangup:
 
     sender: str
     reason: HangupReason
+    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    """Set once the change is applied (see the module's docstring), if given."""
 
 
 RoomMessage = Hangup
@@ -136,6 +176,23 @@ class Deliver:
     room_id: str
     event: str
     payload: dict[str, Any] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class PartnerMoved:
+    """The partner in ``room_id`` now lives behind ``socket`` (they recovered on another
+    node): relay there from now on, after a :class:`Fence` through the old way."""
+
+    room_id: str
+    socket: Socket = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class Fence:
+    """The last thing a partner sends the old way after :class:`PartnerMoved`: once it
+    has come through, nothing of theirs is still on the old way."""
+
+    room_id: str
 
 
 @attrs.frozen

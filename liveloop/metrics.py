@@ -19,6 +19,8 @@ Who counts what:
 - read at scrape time from the matchmaker's published snapshot, the one ``GET
   /api/status`` shows, so both always agree: ``liveloop_queue_size``,
   ``liveloop_rooms_active`` and ``liveloop_matches_total`` (= ``rooms.total``);
+- connection state recovery: ``liveloop_away_sockets`` and
+  ``liveloop_recoveries_total{outcome}`` (:attr:`Metrics.away`, :attr:`Metrics.recoveries`);
 - the limits: ``liveloop_refused_total{limit}`` through :meth:`Metrics.refused`, and
   overflow closes of any other buffer through :meth:`Metrics.overflow_close`.
 
@@ -171,6 +173,8 @@ class Metrics:
             self._overflow: Any = _OFF
             self._refused: Any = _OFF
             self._time_to_match: Any = _OFF
+            self.away: Any = _OFF
+            self.recoveries: Any = _OFF
             return
         registry = self.registry
         if process:
@@ -210,6 +214,17 @@ class Metrics:
             "liveloop_time_to_match_seconds",
             "From joining the queue to being matched.", buckets=TIME_TO_MATCH_BUCKETS,
             registry=registry)
+        self.away = Gauge("liveloop_away_sockets",
+                          "Sockets whose client is away (waiting to recover).",
+                          registry=registry)
+        """Up when a socket goes away, down when its away time ends (any way)."""
+        self.recoveries = Counter("liveloop_recoveries",
+                                  "Away sockets that recovered or did not.", ["outcome"],
+                                  registry=registry)
+        """``succeeded`` (the client came back, here or on another node) or ``failed``
+        (the window passed, the recovery was given up, or a shutdown ended it)."""
+        for outcome in ("succeeded", "failed"):
+            self.recoveries.labels(outcome)
 
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Report the queue and room counts from ``snapshot`` (the matchmaker's), once."""

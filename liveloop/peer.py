@@ -7,7 +7,9 @@ layer's promise), so the peer owns its state without locks. It
   target named is its own room and partner, and forwards a typed message to the
   matchmaker or its current room;
 - answers every event: ``{ok: true}`` when honoured, otherwise ``error-message`` and, if
-  the client asked for an ack, ``{ok: false, error}``;
+  the client asked for an ack, ``{ok: false, error}``; the ack comes once the change is
+  done where every process sees it (with Redis: after the script has run; see
+  :meth:`Peer.on_event`);
 - is the only place that emits Live Loop events to its client. Matchmaker and rooms post
   it messages; it emits them in the order they arrive, and drops what belongs to a room
   it is no longer in. So, per connection: events leave in the order the server decided
@@ -23,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -41,22 +44,27 @@ from .errors import (
 from .events import GetIceServers, NewMessage, RequestRoom, SendIceCandidates, StopCall
 from .ice import IceServers, new_connection_id
 from .messages import (
+    Arrived,
     Avoid,
+    Away,
     Deliver,
     Enqueue,
+    Fence,
     Hangup,
     HangupReason,
     Matched,
     MatchmakerMessage,
     Member,
+    PartnerMoved,
     Refused,
     Returned,
     RoomEnded,
     RoomMessage,
     Withdraw,
+    release,
 )
 from .metrics import Metrics
-from .ratelimit import RateLimiter, RelayBudget
+from .ratelimit import LimiterState, RateLimiter, RelayBudget
 from .room import relayed
 from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
@@ -69,6 +77,21 @@ the client's ack timeout times its retries, far fewer events than this later."""
 
 HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
+
+
+@runtime_checkable
+class Relocation(Protocol):
+    """What a node offers a peer that moves between nodes (connection state recovery
+    across nodes): the Redis matchmaker implements it; in one process there is none."""
+
+    def node_of(self, socket: Socket) -> str:
+        """The node ``socket`` lives on (a partner's, for a peer's exported state)."""
+
+    def rejoin(self, socket: Socket, room_id: str | None, partner: str, partner_node: str
+               ) -> tuple[trio.MemorySendChannel[RoomMessage] | None, Socket | None]:
+        """``socket`` (a peer handed over from another node) is served here from now on:
+        notices for it reach it here; with ``room_id``, the room's inbox here and the
+        way to the partner."""
 
 
 class Phase(enum.Enum):
@@ -94,8 +117,10 @@ class Peer:
     def __init__(self, socket: Socket, settings: Settings,
                  matchmaker: trio.MemorySendChannel[MatchmakerMessage],
                  snapshot: Callable[[], Snapshot], clock: Callable[[], float],
-                 metrics: Metrics, ice: IceServers | None = None) -> None:
+                 metrics: Metrics, ice: IceServers | None = None,
+                 relocation: Relocation | None = None, *, confirm: bool = False) -> None:
         self._socket = socket
+        self._relocation = relocation
         self._sid = socket.sid
         self._settings = settings
         self._matchmaker = matchmaker
@@ -118,6 +143,12 @@ class Peer:
         self._ice = ice
         # This connection's id in TURN usernames; made on the first get-ice-servers.
         self._turn_id: str | None = None
+        self._confirm = confirm
+        # While an event is handled with `confirm`: the `applied` events its changes
+        # carry, all waited for before its ack.
+        self._receipts: list[trio.Event] | None = None
+        self._arrived = False
+        """Restored from another node's export: the matchmaker is told on recovery."""
 
     # -- state, for the namespace and tests --------------------------------------------
 
@@ -137,14 +168,34 @@ class Peer:
 
     async def on_event(self, event: str, args: list[JSON], ack: Ack | None) -> None:
         """Handle one client event; always answers (ack and/or ``error-message``), never
-        raises for anything the client sent."""
+        raises for anything the client sent.
+
+        The answer comes once what the event changed is done for everyone: in one
+        process, once the matchmaker or room has the message (their mailboxes order
+        every change); with ``confirm`` (shared state in Redis), once each change's
+        script has run, so an event another client sends after this ack, to any node,
+        is ordered after it (docs/events.md, "What an ack means")."""
+        receipts: list[trio.Event] | None = [] if self._confirm else None
+        self._receipts = receipts
+        error: LiveLoopError | None = None
+        answer: dict[str, object] | None = None
         try:
             if event not in HANDLED_EVENTS:
                 raise LiveLoopError(ErrorCode.UNKNOWN_EVENT,
                                     f"unknown event {str(event)[:64]!r}")
             payload = events.parse(event, args[0] if args else None, self._settings)
             answer = await self._dispatch(payload)
-        except LiveLoopError as error:
+        except LiveLoopError as caught:
+            error = caught
+        finally:
+            self._receipts = None
+        if receipts:
+            # Bounded: a change the node could not apply makes it drop its clients
+            # within node_timeout; it always sets these first (cluster/node.py).
+            with trio.move_on_after(self._settings.node_timeout):
+                for receipt in receipts:
+                    await receipt.wait()
+        if error is not None:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
@@ -162,6 +213,18 @@ class Peer:
             return
         if message is DRAIN:
             self._draining = True
+        elif isinstance(message, PartnerMoved):
+            call = self._call
+            if call is not None and call.room_id == message.room_id:
+                # The fence goes the old way, behind everything already sent that way;
+                # the new node holds what we send it directly until the fence is through.
+                old = call.partner.socket
+                old.post(Fence(call.room_id))
+                self._call = attrs.evolve(call, partner=attrs.evolve(
+                    call.partner, socket=message.socket))
+                # Relays kept while the partner's node was lost go first (in order).
+                for deliver in getattr(old, "held", ()):
+                    await self._send_to(message.socket, deliver)
         elif isinstance(message, Matched):
             await self._matched(message)
         elif isinstance(message, RoomEnded):
@@ -184,9 +247,19 @@ class Peer:
         if self._draining and self._phase is not Phase.IN_ROOM:
             self._socket.drop()
 
+    async def on_away(self) -> None:
+        """The connection is lost and the client may come back: a queued peer keeps its
+        place but must not be paired meanwhile (the Redis matchmaker marks it)."""
+        if self._phase is Phase.QUEUED:
+            await self._tell_matchmaker(Away(self._sid))
+
     async def on_recover(self) -> None:
         """Back after a lost connection, with the same state: a queued peer, skipped by
-        the matchmaker while away, asks it to look again."""
+        the matchmaker while away, asks it to look again. A peer that came from another
+        node first has the shared state point here."""
+        if self._arrived:
+            self._arrived = False
+            await self._tell_matchmaker(Arrived(self._sid))
         if self._phase is Phase.QUEUED:
             await self._tell_matchmaker(Returned(self._sid))
 
@@ -198,6 +271,59 @@ class Peer:
             # Even when idle: the matchmaker, not this peer, knows whether an Enqueue of
             # ours was paired before our last word reached it. Withdraw undoes either.
             await self._tell_matchmaker(Withdraw(self._sid, HangupReason.DISCONNECT))
+
+    # -- moving to another node (connection state recovery across nodes) -------------
+
+    def export_state(self) -> dict[str, Any]:
+        """This peer's state as JSON, for another node to go on from (:meth:`restore`):
+        phase, ticket, name and image, the call's room and partner (with the partner's
+        node), rate limits as ages, the relay budget, the recent event ids."""
+        limits = self._limits.carry()
+        state: dict[str, Any] = {
+            "phase": self._phase.value, "ticket": self._ticket,
+            "member": None if self._member is None else [self._member.name,
+                                                         self._member.image],
+            "limits": [limits.last_room_age, list(limits.message_ages),
+                       list(limits.ice_server_ages)],
+            "seen": list(self._seen or ()), "turn": self._turn_id,
+            "budget": self._relays.carry()}
+        call = self._call
+        if call is not None:
+            partner = call.partner
+            relocation = self._relocation
+            node = relocation.node_of(partner.socket) if relocation is not None else ""
+            state["call"] = [call.room_id, partner.sid, partner.name, partner.image, node]
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from another node's :meth:`export_state` (this peer is new, on the
+        same ``sid``, made with a relocation)."""
+        relocation = self._relocation
+        assert relocation is not None
+        self._ticket = int(state["ticket"])
+        if state["member"] is not None:
+            name, image = state["member"]
+            self._member = Member(self._sid, str(name), str(image), self._socket)
+        last_room, messages, ice_servers = state["limits"]
+        self._limits.resume(LimiterState(last_room, tuple(messages), tuple(ice_servers)))
+        budget = state.get("budget")
+        self._relays.resume(None if budget is None else (budget[0], budget[1]))
+        for event_id in state["seen"]:
+            self._remember(str(event_id))
+        self._turn_id = state["turn"]
+        phase = Phase(state["phase"])
+        call = state.get("call")
+        if phase is Phase.IN_ROOM and call is not None:
+            room_id, partner, name, image, node = call
+            inbox, partner_socket = relocation.rejoin(self._socket, room_id, partner, node)
+            if inbox is not None and partner_socket is not None:
+                self._call = Call(room_id, inbox, Member(partner, name, image,
+                                                         partner_socket))
+                self._phase = phase
+        else:
+            relocation.rejoin(self._socket, None, "", "")
+            self._phase = phase
+        self._arrived = True
 
     # -- client events ---------------------------------------------------------------
 
@@ -229,7 +355,8 @@ class Peer:
         if call is not None:  # "Next"
             self._leave_call()
             await self._tell_matchmaker(Avoid(self._sid, call.partner.sid))
-            await self._tell_room(call, Hangup(self._sid, HangupReason.NEXT))
+            await self._tell_room(call, Hangup(self._sid, HangupReason.NEXT,
+                                               self._receipt()))
         await self._enqueue(member)
         if stale:
             raise LiveLoopError(ErrorCode.INVALID_ROOM,
@@ -248,7 +375,8 @@ class Peer:
         if self._phase is Phase.IN_ROOM:
             call = self._check_target(stop.room_id, stop.target)
             self._leave_call()
-            await self._tell_room(call, Hangup(self._sid, HangupReason.STOP))
+            await self._tell_room(call, Hangup(self._sid, HangupReason.STOP,
+                                               self._receipt()))
         elif self._phase is Phase.QUEUED:
             if stop.room_id is not None:
                 raise LiveLoopError(ErrorCode.INVALID_ROOM,
@@ -257,7 +385,8 @@ class Peer:
                 raise LiveLoopError(ErrorCode.INVALID_TARGET,
                                     "you have no partner; nothing stopped")
             self._phase = Phase.IDLE
-            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.STOP))
+            await self._tell_matchmaker(Withdraw(self._sid, HangupReason.STOP,
+                                                 self._receipt()))
         else:
             raise LiveLoopError(ErrorCode.NOT_IN_ROOM, "you are not in a call")
 
@@ -325,6 +454,13 @@ class Peer:
 
     # -- helpers -----------------------------------------------------------------------
 
+    @staticmethod
+    async def _send_to(partner: Socket, deliver: Deliver) -> None:
+        if type(partner) is RemoteSocket:
+            await partner.send(deliver)
+        else:
+            partner.post(deliver)
+
     def _check_target(self, room_id: str | None, target: str | None) -> Call:
         """The current call, if ``room_id`` and ``target`` (when given) name it."""
         call = self._call
@@ -353,12 +489,22 @@ class Peer:
             return  # nobody is matched here any more: the connection is about to close
         self._ticket += 1
         self._phase = Phase.QUEUED
-        await self._tell_matchmaker(Enqueue(member, self._ticket))
+        await self._tell_matchmaker(Enqueue(member, self._ticket, self._receipt()))
+
+    def _receipt(self) -> trio.Event | None:
+        """An event for the shared state to set once the change about to be sent is
+        applied, if the current event's ack waits for that (:meth:`on_event`)."""
+        if self._receipts is None:
+            return None
+        applied = trio.Event()
+        self._receipts.append(applied)
+        return applied
 
     async def _tell_matchmaker(self, message: MatchmakerMessage) -> None:
         try:
             await self._matchmaker.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            release(message)
             # Only when the matchmaker has stopped: at shutdown (every peer then gets
             # here, hence no error), or when it died, which ends the process anyway.
             log.info("matchmaker stopped; message dropped", extra={
@@ -369,6 +515,7 @@ class Peer:
         try:
             await call.inbox.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
+            release(message)  # the room has ended: nothing left to wait for
             return False
         return True
 
@@ -382,8 +529,11 @@ class LiveLoopNamespace:
                  snapshot: Callable[[], Snapshot],
                  clock: Callable[[], float] = trio.current_time,
                  metrics: Metrics | None = None,
-                 ice: IceServers | None = None) -> None:
+                 ice: IceServers | None = None,
+                 relocation: Relocation | None = None, *, confirm: bool = False) -> None:
         self._settings = settings
+        self._confirm = confirm
+        self._relocation = relocation
         self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._matchmaker = matchmaker
         self._snapshot = snapshot
@@ -393,4 +543,13 @@ class LiveLoopNamespace:
     async def connect(self, socket: Socket, auth: JSON) -> Peer:
         """Accept: a fresh, idle peer for ``socket``."""
         return Peer(socket, self._settings, self._matchmaker, self._snapshot, self._clock,
-                    self._metrics, self._ice)
+                    self._metrics, self._ice, self._relocation, confirm=self._confirm)
+
+    async def restore(self, socket: Socket, state: Any) -> Peer:
+        """A peer for ``socket`` handed over from another node, going on from ``state``
+        (:meth:`Peer.export_state`). Only with a relocation (Redis); raises otherwise."""
+        if self._relocation is None:
+            raise RuntimeError("nothing to restore from without shared state")
+        peer = await self.connect(socket, None)
+        peer.restore(state)
+        return peer

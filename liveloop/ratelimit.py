@@ -150,6 +150,20 @@ class RelayBudget:
         self._tokens = tokens - 1.0
         return None
 
+    def carry(self) -> tuple[float, float] | None:
+        """The tokens left and how long ago they were counted (clock-free, for another
+        node: connection state recovery), or None if nothing was taken yet."""
+        if self._updated == -math.inf:
+            return None
+        return self._tokens, self._clock() - self._updated
+
+    def resume(self, state: tuple[float, float] | None) -> None:
+        """Go on from :meth:`carry` (here or on another node)."""
+        if state is not None:
+            tokens, age = state
+            self._tokens = min(self._capacity, float(tokens))
+            self._updated = self._clock() - float(age)
+
 
 @attrs.frozen
 class LimiterState:

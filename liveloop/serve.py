@@ -67,6 +67,10 @@ async def serve(app: RootApp, settings: Settings, *, worker: Worker | None = Non
                     metrics=app.metrics, worker=worker)
         )
         log.info("Live Loop listening on %s", ", ".join(binds))
+        if app.metrics.urls:
+            log.info("metrics of %s on %s",
+                     "this process" if worker is None else f"worker {worker.handoff.index}",
+                     ", ".join(app.metrics.urls))
         task_status.started(binds)
         nursery.start_soon(_drain_on_signal, app, settings.drain_timeout,
                            nursery.cancel_scope)

@@ -14,7 +14,8 @@ import trio
 from .config import Settings
 from .ice import IceServers
 from .metrics import Metrics
-from .peer import LiveLoopNamespace
+from .peer import LiveLoopNamespace, Relocation
+from .server.recovery import RecoveryStore
 from .shared import SharedState, shared_state
 from .status import Snapshot, status_json
 
@@ -26,10 +27,20 @@ class LiveLoop:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics(enabled=False)
         self.matchmaker: SharedState = shared_state(settings, self.metrics)
+        relocation = self.matchmaker if isinstance(self.matchmaker, Relocation) else None
         self._namespace = LiveLoopNamespace(settings, self.matchmaker.mailbox,
                                             self._snapshot, metrics=self.metrics,
-                                            ice=IceServers.from_settings(settings))
+                                            ice=IceServers.from_settings(settings),
+                                            confirm=self.matchmaker.confirms,
+                                            relocation=relocation)
         self.metrics.watch(self._snapshot)
+
+    def recovery_store(self) -> RecoveryStore | None:
+        """Where connection state recovery records live: with Redis, a store whose
+        records another node can claim (docs/cluster.md); else None (in process)."""
+        make = getattr(self.matchmaker, "recovery_store", None)
+        store: RecoveryStore | None = make() if make is not None else None
+        return store
 
     def _snapshot(self) -> Snapshot:
         return self.matchmaker.snapshot

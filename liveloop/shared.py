@@ -27,6 +27,10 @@ class SharedState(Protocol):
     mailbox: trio.MemorySendChannel[MatchmakerMessage]
     """Where connections send Enqueue, Avoid and Withdraw (bounded: senders wait)."""
 
+    confirms: bool
+    """Whether a connection must wait for a message's ``applied`` before acking its
+    client (:mod:`liveloop.messages`): True when other processes change the same state."""
+
     @property
     def snapshot(self) -> Snapshot:
         """Recent counts, read without waiting (a hint: the queue-full check)."""

@@ -17,6 +17,11 @@ that owns its session. The parent then only supervises:
   by sid stays simple (a worker index always means the same live process).
 - Workers stop by themselves when the parent is gone, even by SIGKILL: each watches a
   pipe whose writing end only the parent holds.
+
+Metrics are per process, as with one worker: worker ``i`` serves its own on
+``LIVELOOP_METRICS_BIND``'s port plus ``i`` (:func:`worker_metrics_bind`; port 0: each
+picks a free one, logged), so each is its own Prometheus target (docs/operations.md says
+why not one listener for all).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+import attrs
 import trio
 
 from .app import RootApp
@@ -59,6 +65,22 @@ def listeners(bind: str, count: int, backlog: int) -> list[socket.socket]:
     return sockets
 
 
+def worker_metrics_bind(bind: str, index: int) -> str:
+    """Worker ``index``'s metrics listener: ``bind`` (HOST:PORT) with PORT + ``index``;
+    port 0 stays 0 (a free port each); empty stays empty (metrics off). Raises
+    ValueError past port 65535."""
+    if not bind:
+        return ""
+    host, _, port = bind.rpartition(":")
+    number = int(port)
+    if number == 0:
+        return bind
+    if number + index > 65535:
+        raise ValueError(f"metrics_bind {bind!r}: worker {index} would need port "
+                         f"{number + index}; give a lower port")
+    return f"{host}:{number + index}"
+
+
 def run_workers(settings: Settings, make_app: Callable[[Settings], RootApp]) -> int:
     """Fork ``settings.workers`` workers serving ``make_app(settings)`` and supervise
     them (see the module docstring); the process's exit status."""
@@ -67,6 +89,8 @@ def run_workers(settings: Settings, make_app: Callable[[Settings], RootApp]) -> 
         raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
     from .serve import hypercorn_config
 
+    for index in range(count):  # a bad metrics port is refused before anything starts
+        worker_metrics_bind(settings.metrics_bind, index)
     sockets = listeners(settings.bind, count, hypercorn_config(settings).backlog)
     inboxes = [inbox_pair() for _ in range(count)]
     lifeline, parent_end = os.pipe()
@@ -105,6 +129,8 @@ def _worker(settings: Settings, make_app: Callable[[Settings], RootApp],
     from .serve import serve
 
     handoff = worker.handoff
+    settings = attrs.evolve(settings, metrics_bind=worker_metrics_bind(
+        settings.metrics_bind, handoff.index))
     try:
         trio.run(lambda: serve(make_app(settings), settings, worker=worker))
     except BaseException:

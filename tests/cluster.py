@@ -179,11 +179,13 @@ class Node:
 
 
 async def start_nodes(nursery: trio.Nursery, redis_url: str, count: int,
-                      **env: Any) -> list[Node]:
+                      urls: Mapping[int, str] | None = None, **env: Any) -> list[Node]:
     """``count`` nodes on one Redis, started side by side; extra ``LIVELOOP_*`` settings
-    as keyword arguments (``node_timeout=2`` sets ``LIVELOOP_NODE_TIMEOUT``)."""
+    as keyword arguments (``node_timeout=2`` sets ``LIVELOOP_NODE_TIMEOUT``). ``urls``
+    gives some nodes (by index) another way to the same Redis (a proxy)."""
     variables = {f"LIVELOOP_{key.upper()}": str(value) for key, value in env.items()}
-    nodes = [Node(nursery, redis_url, variables) for _ in range(count)]
+    nodes = [Node(nursery, (urls or {}).get(index, redis_url), variables)
+             for index in range(count)]
     async with trio.open_nursery() as starting:
         for node in nodes:
             starting.start_soon(node.start)

@@ -32,6 +32,7 @@ from liveloop.client.socketio import Disconnected
 
 from .cluster import Node, RedisServer, running_redis, start_nodes
 from .conftest import http_get
+from .proxy import CuttingProxy
 
 DEADLINE = 15
 TIMEOUT = 3
@@ -92,12 +93,13 @@ async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
 
 @asynccontextmanager
 async def make_cluster(nursery: trio.Nursery, redis: RedisServer, count: int = 3,
-                       **env: Any) -> AsyncIterator[Cluster]:
+                       urls: dict[int, str] | None = None, **env: Any
+                       ) -> AsyncIterator[Cluster]:
     env.setdefault("rate_limits", "false")
     # Every test client comes from 127.0.0.1: the per-address limits would refuse them.
     env.setdefault("handshakes_per_ip", 1_000_000)
     env.setdefault("max_connections_per_ip", 1_000_000)
-    nodes = await start_nodes(nursery, redis.url, count, **env)
+    nodes = await start_nodes(nursery, redis.url, count, urls, **env)
     try:
         yield Cluster(redis, nodes)
     except BaseException:
@@ -206,6 +208,103 @@ async def test_stop_across_nodes(cluster: Cluster) -> None:
         with trio.fail_after(DEADLINE):
             refused = await a.sio.call("negotiation-call-offer", {"offer": OFFER})
         assert refused[0]["error"]["code"] == "not-in-room"
+
+
+HOLD = 2.0
+"""How long a test holds a node's traffic to Redis (see below)."""
+
+
+@asynccontextmanager
+async def held_cluster(nursery: trio.Nursery, redis: RedisServer
+                       ) -> AsyncIterator[tuple[Cluster, CuttingProxy]]:
+    """Two nodes; node 0 reaches Redis through a proxy the test can hold. Their node
+    timeout is long enough (10 s: a heartbeat may wait 5 s) that a hold of HOLD seconds
+    never makes node 0 think it is cut off."""
+    proxy = CuttingProxy(redis.port)
+    port = (await nursery.start(proxy.run)).rsplit(":", 1)[1]
+    async with make_cluster(nursery, redis, count=2, node_timeout=10,
+                            urls={0: f"redis://127.0.0.1:{port}"}) as cluster, \
+            cluster.session():
+        yield cluster, proxy
+
+
+async def while_held(proxy: CuttingProxy, action: Any) -> None:
+    """Hold node 0's link to Redis, run ``action``, and release the link when it is
+    done or after HOLD seconds, whichever comes first; returns when it is done.
+
+    With acks before Redis has the change (the bug these tests guard against), the
+    action's ack, and what it does next, all happen while the link is held. With acks
+    after (the fix), the ack waits for the release, and what the test sees is the same
+    whatever HOLD is: the wait only decides when the link is released."""
+    done = trio.Event()
+
+    async def act() -> None:
+        await action()
+        done.set()
+
+    proxy.hold()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(act)
+        with trio.move_on_after(HOLD):
+            await done.wait()
+        proxy.resume()
+
+
+async def test_an_acked_stop_is_done_before_a_later_request_on_another_node(
+        nursery: trio.Nursery, redis: RedisServer) -> None:
+    """When a client has its ack, the change is in Redis: Ann, queued on node 0, stops;
+    once that is acked, Bob asks on node 1, and must never be paired with her (node 1's
+    script would find her still queued if the stop were acked before it ran)."""
+    async with held_cluster(nursery, redis) as (cluster, proxy):
+        a = await cluster.client(0)
+        b = await cluster.client(1)
+
+        async def stop_then_request() -> None:
+            (await a.stop_call()).raise_for_error()
+            (await b.request_room("Bob")).raise_for_error()  # after Ann's ack
+
+        with trio.fail_after(DEADLINE):
+            (await a.request_room("Ann")).raise_for_error()
+            await cluster.status_until(1, lambda s: s["queue"]["users"] == ["Ann"])
+            await while_held(proxy, stop_then_request)
+            document = await cluster.status_until(
+                0, lambda s: s["queue"]["users"] == ["Bob"])
+        assert document["rooms"] == {"active": 0, "total": 0}
+
+
+async def test_an_acked_hangup_has_ended_the_room_for_every_node(
+        nursery: trio.Nursery, redis: RedisServer) -> None:
+    """Ann (node 0) stops her call with Bob (node 1); once that is acked, the room is
+    gone for the whole service: node 1's status, read from Redis, says so at once."""
+    async with held_cluster(nursery, redis) as (cluster, proxy):
+        a, _ = await pair(cluster, 0, 1)
+        seen: list[dict[str, Any]] = []
+
+        async def stop_then_look() -> None:
+            (await a.stop_call()).raise_for_error()
+            seen.append(await cluster.status(1))  # after Ann's ack
+
+        with trio.fail_after(DEADLINE):
+            await while_held(proxy, stop_then_look)
+        assert seen[0]["rooms"]["active"] == 0
+
+
+async def test_an_acked_next_is_done_for_every_node(nursery: trio.Nursery,
+                                                     redis: RedisServer) -> None:
+    """Ann (node 0) presses Next in her call with Bob (node 1); once that is acked, the
+    room is gone and Ann is queued, for the whole service."""
+    async with held_cluster(nursery, redis) as (cluster, proxy):
+        a, _ = await pair(cluster, 0, 1)
+        seen: list[dict[str, Any]] = []
+
+        async def next_then_look() -> None:
+            (await a.next_partner()).raise_for_error()
+            seen.append(await cluster.status(1))  # after Ann's ack
+
+        with trio.fail_after(DEADLINE):
+            await while_held(proxy, next_then_look)
+        assert seen[0]["rooms"]["active"] == 0
+        assert "Ann" in seen[0]["queue"]["users"]
 
 
 async def test_disconnect_across_nodes_requeues_partner(cluster: Cluster) -> None:
@@ -338,7 +437,9 @@ async def shared_state(cluster: Cluster) -> tuple[list[str], dict[str, tuple[str
 
 async def test_killed_node_partners_told_in_time(nursery: trio.Nursery,
                                                  redis: RedisServer) -> None:
-    async with make_cluster(nursery, redis, node_timeout=TIMEOUT) as cluster, cluster.session():
+    # Recovery off: told at once (with it on, after the window: test_recovery_cluster.py).
+    async with make_cluster(nursery, redis, node_timeout=TIMEOUT, recovery_window=0
+                            ) as cluster, cluster.session():
         a, _ = await pair(cluster, 0, 1)
         lonely = await cluster.client(1)
         with trio.fail_after(DEADLINE):
@@ -396,9 +497,10 @@ async def nodes_registered(cluster: Cluster) -> None:
 async def test_node_that_was_declared_lost_drops_its_clients(nursery: trio.Nursery,
                                                              redis: RedisServer) -> None:
     """A node stalled past the timeout (SIGSTOP) is declared lost like a dead one; when
-    it runs again it finds its liveness gone and drops its clients (no split brain)."""
-    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT) as cluster, \
-            cluster.session():
+    it runs again it finds its liveness gone and drops its clients (no split brain).
+    Recovery off: the partner is told at the declaration, not after the window."""
+    async with make_cluster(nursery, redis, count=2, node_timeout=TIMEOUT,
+                            recovery_window=0) as cluster, cluster.session():
         a, b = await pair(cluster, 0, 1)
         node = cluster.nodes[1]
         assert node.process is not None

@@ -15,7 +15,7 @@ import trio
 
 from liveloop.cluster import notices as wire
 from liveloop.cluster import scripts
-from liveloop.cluster.notices import EndNotice, MatchNotice
+from liveloop.cluster.notices import EndNotice, MatchNotice, MovedNotice
 
 from .cluster import RedisServer, running_redis
 
@@ -26,15 +26,16 @@ class Scripts:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._scripts = {name: client.register_script(getattr(scripts, name))
-                         for name in ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS")}
+                         for name in scripts.NAMES}
 
     async def run(self, name: str, *args: object) -> Any:
         return await self._scripts[name](keys=[P], args=[str(a) for a in args])
 
     async def enqueue(self, sid: str, node: str = "n1", ticket: int = 1,
-                      room: str | None = None, max_queue: int = 100) -> tuple[str, list[Any]]:
+                      room: str | None = None, max_queue: int = 100, pid: str = ""
+                      ) -> tuple[str, list[Any]]:
         outcome, found = await self.run("ENQUEUE", sid, node, sid.upper(), "", ticket,
-                                        max_queue, room or f"room-{sid}", 200)
+                                        max_queue, room or f"room-{sid}", 200, pid)
         return outcome, wire.from_script(found)
 
     async def leave(self, sid: str, room: str = "") -> list[Any]:
@@ -193,7 +194,12 @@ async def test_registering_again_clears_what_the_node_left(lua: Scripts) -> None
 
 def test_notices_round_trip() -> None:
     for notice in (match("a", "n1", 7, "R", "b", "n2", True), EndNotice("a", "n1", "R"),
-                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]})):
+                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]}),
+                   wire.ClaimNotice("n1.a.pid", "n1", "t", "n2", "/"),
+                   wire.HandoverNotice("n2", "t", ["pid", "a", "/", 3, [], {"phase": "idle"}]),
+                   MovedNotice("b", "n2", "R", "a", "n3"), wire.FenceNotice("a", "n1", "R"),
+                   wire.LostNotice("b", "n2", "R", "a"),
+                   wire.ForwardedNotice("a", "n2", wire.encode(EndNotice("a", "n2", "R")))):
         assert wire.decode(wire.encode(notice)) == notice
     with pytest.raises(wire.BadNotice):
         wire.decode("[\"M\", 1]")
@@ -263,3 +269,88 @@ async def test_match_with_a_partner_gone_from_this_node_still_reaches_the_person
                     "data": wire.encode(match("x", here, 1, "R", "y", here, True))})
     matched = socket.receive.receive_nowait().message  # type: ignore[union-attr]
     assert isinstance(matched, Matched) and matched.partner.sid == "y"
+
+
+async def test_away_people_keep_their_place_and_are_not_paired(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    assert await lua.run("AWAY", "a") == []
+    assert (await lua.record("a"))["away"] == "1"
+    assert await lua.enqueue("b") == ("queued", [])  # not with a, who is away
+    outcome, found = await lua.enqueue("c", room="R1")  # with b, skipping a
+    assert outcome == "paired" and {n.sid for n in found} == {"b", "c"}
+    assert await lua.queue() == ["a"]  # a kept their place
+    assert await lua.run("RETURN", "a", "R2", 200) == []  # back; nobody to pair with
+    assert "away" not in await lua.record("a")
+    outcome, found = await lua.enqueue("d", room="R3")
+    assert outcome == "paired" and [(n.sid, n.initiator) for n in found] == [
+        ("a", True), ("d", False)]
+
+
+async def test_sweep_skips_away_people_and_return_pairs_them(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    await lua.cool("a", "b")
+    await lua.enqueue("b")
+    await lua.run("AWAY", "a")
+    await lua.client.delete([f"{P}c:a|b"])  # the cooldown ends while a is away
+    await lua.client.set(f"{P}wake", "1")
+    assert await lua.run("SWEEP", 200, "R1") == []
+    assert await lua.queue() == ["a", "b"]
+    # Back: paired at once with b, a (who waited longer) starting the call.
+    found = wire.from_script(await lua.run("RETURN", "a", "R2", 200))
+    assert [(n.sid, n.room_id, n.initiator) for n in found] == [("a", "R2", True),
+                                                                ("b", "R2", False)]
+    assert await lua.run("AWAY", "a") == []  # in a room: nothing to mark
+    assert "away" not in await lua.record("a")
+
+
+async def test_move_points_the_record_the_room_and_the_partner_at_the_new_node(
+        lua: Scripts) -> None:
+    await lua.enqueue("a", "n1")
+    await lua.enqueue("b", "n2", room="R")
+    found = wire.from_script(await lua.run("MOVE", "a", "n3"))
+    assert found == [MovedNotice("b", "n2", "R", "a", "n3")]
+    assert (await lua.record("a"))["node"] == "n3"
+    assert (await lua.client.hgetall(f"{P}r:R"))["an"] == "n3"
+    assert set(await lua.client.smembers(f"{P}n:n3")) == {"a"}
+    assert await lua.client.smembers(f"{P}n:n1") == set()
+    # The partner hangs up: the end notice names the new node.
+    assert await lua.leave("b", "R") == [EndNotice("a", "n3", "R")]
+
+
+async def test_lost_nodes_people_wait_out_the_window_then_are_gone(lua: Scripts) -> None:
+    await lua.run("HEARTBEAT", "n1", 60_000, 1, 60_000)
+    await lua.run("HEARTBEAT", "n2", 60_000, 1, 60_000)
+    await lua.enqueue("q1", "n1", pid="n1.q1.secret")
+    await lua.cool("q1", "x")
+    await lua.cool("q1", "y")
+    await lua.enqueue("x", "n1", ticket=4, pid="n1.x.secret")
+    await lua.enqueue("y", "n2", room="R")
+    await lua.cool("q1", "w")
+    await lua.enqueue("w", "n1", pid="n1.w.secret")
+    await lua.cool("q1", "v")
+    await lua.enqueue("v", "n2", room="R2")  # w (n1) with v (n2)
+    assert (await lua.record("v"))["room"] == "R2" and await lua.queue() == ["q1"]
+    await lua.client.delete([f"{P}alive:n1"])
+    alive, found = await lua.run("HEARTBEAT", "n2", 60_000, 0, 60_000)
+    # Nobody told: n1's people are away. Their partners' nodes learn it (to keep what
+    # the partners relay meanwhile).
+    assert alive == 1 and sorted(wire.from_script(found), key=repr) == [
+        wire.LostNotice("v", "n2", "R2", "w"), wire.LostNotice("y", "n2", "R", "x")]
+    assert {sid: (await lua.record(sid))["away"] for sid in ("q1", "x", "w")} == {
+        "q1": "lost", "x": "lost", "w": "lost"}
+    assert await lua.enqueue("z", "n2") == ("queued", [])  # q1 is skipped
+    # x comes back on n3 with its recovery id (another id is refused).
+    assert await lua.run("RECLAIM", "x", "n1.x.forged", "n3") == []
+    assert await lua.run("RECLAIM", "x", "n1.x.secret", "n3") == [
+        "r", "4", "", "", "R", "y", "n2"]
+    assert (await lua.client.hgetall(f"{P}r:R"))["an"] == "n3"
+    assert "away" not in await lua.record("x")
+    # The window ends for the others: q1 leaves the queue, w's partner is told.
+    for sid in ("q1", "w"):
+        await lua.client.zadd(f"{P}gone", {sid: 1})
+    alive, found = await lua.run("HEARTBEAT", "n2", 60_000, 0, 60_000)
+    assert wire.from_script(found) == [EndNotice("v", "n2", "R2")]
+    assert await lua.queue() == ["z"]
+    assert await lua.record("q1") == {} and await lua.record("w") == {}
+    assert (await lua.record("x"))["node"] == "n3"  # recovered: untouched
+    assert await lua.run("RECLAIM", "w", "n1.w.secret", "n3") == []  # too late

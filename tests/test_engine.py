@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -507,3 +508,26 @@ async def test_a_get_overtaken_by_the_close_still_gets_its_noop(
     assert (await post(engine, other, "1")).text == "ok"
     await trio.sleep(5)
     assert (await get(engine, other)).status == 400
+
+
+async def test_a_burst_reaches_a_python_engineio_client_in_polls_it_accepts(
+        nursery: trio.Nursery) -> None:
+    """python-engineio's client (python-socketio's) drops the connection on a polling
+    answer of more than 16 packets, as a transport error: 40 relayed ICE candidates
+    queued between two GETs cost a client its session (issue 12's stall). A burst is
+    answered over several GETs of at most 16 packets each, in order."""
+    from engineio.payload import Payload
+
+    engine = EngineServer(attrs.evolve(SETTINGS, outbox_size=64), EchoApp)
+    await nursery.start(engine.run)
+    sid = await handshake(engine)
+    sent = [f"4m{i}" for i in range(40)]
+    assert (await post(engine, sid, "\x1e".join(sent))).text == "ok"
+    received: list[str] = []
+    with trio.fail_after(1):
+        while len(received) < len(sent):
+            body = (await get(engine, sid)).text
+            packets = Payload(encoded_payload=body).packets  # ValueError past 16 packets
+            assert len(packets) == min(16, len(sent) - len(received))
+            received += [packet.encode() for packet in packets]
+    assert received == sent

@@ -119,13 +119,18 @@ async def test_a_crash_of_the_trio_side_stops_the_server(entry: Entry, tmp_path:
             await process.wait()
     assert b"the Trio side crashed; stopping the server" in output
     assert b"ActorCrashed" in output
-    if entry.name == "uvicorn":  # hypercorn 0.18's parent exits 0 whatever its worker did
-        assert process.returncode == 1
+    assert process.returncode == failure_status(entry, 1)
+
+
+def failure_status(entry: Entry, ours: int) -> int:
+    """The status the user's command ends with after a failed start or a crash: uvicorn
+    and ``liveloop serve`` give ``ours`` (uvicorn: 3 for a failed start); hypercorn's
+    parent, which would exit 0, is ended by SIGKILL (``liveloop/hostexit.py``)."""
+    return ours if entry.name == "uvicorn" else -signal.SIGKILL
 
 
 async def test_a_failed_start_says_why(entry: Entry, tmp_path: Path) -> None:
-    """Bad settings: the start fails, naming them; uvicorn then exits non-zero
-    (hypercorn 0.18 exits 0 whatever its worker's status: docs/deployment note)."""
+    """Bad settings: the start fails, naming them, and the command exits non-zero."""
     with trio.fail_after(60):
         result = await trio.run_process(
             on_unix_socket(entry, tmp_path / "s.sock"),
@@ -133,8 +138,27 @@ async def test_a_failed_start_says_why(entry: Entry, tmp_path: Path) -> None:
             capture_stdout=True, capture_stderr=True, check=False)
     output = (result.stdout + result.stderr).decode()
     assert "Live Loop cannot start: could not convert string to float: 'soon'" in output
-    if entry.name == "uvicorn":
-        assert result.returncode == 3
+    assert result.returncode == failure_status(entry, 3), output
+
+
+@pytest.mark.parametrize(("flags", "status"), [
+    pytest.param(["-k", "trio"], -signal.SIGKILL, id="trio worker"),
+    pytest.param(["--workers", "0"], 1, id="no worker process"),
+    pytest.param(["--workers", "2"], 0, id="two workers: hypercorn's own 0"),
+])
+async def test_a_failed_start_under_hypercorn_exits(flags: list[str], status: int,
+                                                   tmp_path: Path) -> None:
+    """hypercorn's other shapes: its parent is ended only when it has a single worker
+    (with two, the other would be orphaned, and hypercorn's 0 stands)."""
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [str(BIN / "hypercorn"), *flags, "--bind", f"unix:{tmp_path / 's.sock'}",
+             "liveloop.app:app"],
+            env={**os.environ, "LIVELOOP_PING_INTERVAL": "soon"},
+            capture_stdout=True, capture_stderr=True, check=False)
+    output = (result.stdout + result.stderr).decode()
+    assert "Live Loop cannot start" in output
+    assert result.returncode == status, output
 
 
 async def test_hypercorn_trio_worker_serves(tmp_path: Path) -> None:
@@ -226,3 +250,54 @@ async def test_hypercorn_trio_worker_survives_malformed_chunked_bodies() -> None
         while chunk := await process.stderr.receive_some(65536):
             log += chunk
     assert b"Traceback" not in log and b"[ERROR]" not in log, log.decode()[-3000:]
+
+
+WSGI_SERVER = """
+import sys
+from wsgiref.simple_server import make_server
+from liveloop.app import app
+server = make_server("127.0.0.1", 0, app)
+print(server.server_port, flush=True)
+server.handle_request()
+server.handle_request()
+"""
+
+
+async def test_a_wsgi_server_gets_a_500_naming_the_commands_that_work() -> None:
+    """Under the standard library's WSGI server (as under gunicorn's sync worker) the app
+    answers 500 with the commands that work, and logs them at CRITICAL, once."""
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(partial(
+            trio.run_process, [sys.executable, "-c", WSGI_SERVER], check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        assert process.stdout is not None and process.stderr is not None
+        with trio.fail_after(30):
+            port = int((await process.stdout.receive_some(100)).decode())
+            answers = [await http_get(await trio.open_tcp_stream("127.0.0.1", port), path)
+                       for path in ("/socket.io/?EIO=4&transport=polling", "/")]
+            output = b""
+            async for chunk in process.stderr:
+                output += chunk
+            assert await process.wait() == 0
+    for status, body in answers:
+        assert status == 500
+        assert b"called it as a WSGI application" in body
+        for command in (b"`liveloop serve`", b"`hypercorn liveloop.app:app`",
+                        b"`uvicorn liveloop.app:app`"):
+            assert command in body
+    log = output.decode()
+    assert log.count("called it as a WSGI application") == 1, log  # the first call only
+    assert "TypeError" not in log and "Traceback" not in log, log
+
+
+def test_asgi_servers_still_see_an_asgi3_app() -> None:
+    """hypercorn's and uvicorn's own detection, as they run on ``liveloop.app:app``."""
+    from hypercorn.utils import is_asgi
+    from uvicorn.config import Config
+
+    from liveloop.app import app
+
+    assert is_asgi(app)
+    config = Config(app, interface="auto")
+    config.load()
+    assert config.interface == "asgi3"

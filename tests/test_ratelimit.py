@@ -118,3 +118,19 @@ def test_limits_carry_to_another_clock() -> None:
     fresh, _ = limiter()
     fresh.resume(limiter()[0].carry())  # nothing counted travels as nothing
     assert fresh.check("request-room") is None
+
+
+def test_relay_budget_carries_to_another_clock() -> None:
+    from liveloop.ratelimit import RelayBudget
+
+    clock, other = Clock(), Clock()
+    here = RelayBudget(Settings(relay_budget=3), clock)  # type: ignore[arg-type]
+    assert here.carry() is None  # nothing taken: nothing to carry
+    for _ in range(3):
+        assert here.take() is None
+    there = RelayBudget(Settings(relay_budget=3), other)  # type: ignore[arg-type]
+    other.now = 500.0
+    there.resume(here.carry())
+    assert there.take() is not None  # spent here, spent there
+    other.now += 4  # a token refills (3 per 10 s)
+    assert there.take() is None

@@ -18,6 +18,7 @@ import trio.testing
 
 from liveloop.app import RootApp
 from liveloop.config import Settings
+from liveloop.metrics import Metrics
 from liveloop.server import socketio_server
 from liveloop.server.api import JSON, Ack, Socket, SocketHandler
 from liveloop.server.recovery import History
@@ -152,12 +153,13 @@ class Harness:
         return self.service.status()
 
 
-async def serve(nursery: trio.Nursery, **overrides: Any) -> Harness:
+async def serve(nursery: trio.Nursery, metrics: Metrics | None = None,
+                **overrides: Any) -> Harness:
     """Live Loop as ``create_app`` builds it, without the REST app."""
     settings = attrs.evolve(BASE, **overrides)
-    service = LiveLoop(settings)
-    app = RootApp({PATH: socketio_server(settings, {"/": service.namespace})}, None,
-                  (service.run,))
+    service = LiveLoop(settings, metrics)
+    app = RootApp({PATH: socketio_server(settings, {"/": service.namespace}, metrics)},
+                  None, (service.run,))
     await nursery.start(app.run)
     return Harness(app, nursery, service)
 
@@ -363,6 +365,34 @@ async def test_the_window_passing_ends_the_call_as_a_disconnect_would(
     assert fresh.sid != a.sid  # expired: an ordinary new connection
 
 
+async def test_away_sockets_and_recoveries_are_counted(
+        nursery: trio.Nursery,
+        autojump_clock: trio.testing.MockClock) -> None:
+    from .test_metrics import read, value
+
+    metrics = Metrics(process=False)
+    h = await serve(nursery, metrics, recovery_window=5.0)
+    a, b, _ = await pair(h)
+
+    async def counts() -> tuple[float, float, float]:
+        await trio.testing.wait_all_tasks_blocked()
+        found = read(metrics)
+        return (value(found, "liveloop_away_sockets"),
+                value(found, "liveloop_recoveries_total", outcome="succeeded"),
+                value(found, "liveloop_recoveries_total", outcome="failed"))
+
+    assert await counts() == (0, 0, 0)
+    await cut(a)
+    assert await counts() == (1, 0, 0)
+    back = await h.connect(resume=a)
+    assert back.sid == a.sid
+    assert await counts() == (0, 1, 0)
+    await cut(back)
+    assert await counts() == (1, 1, 0)
+    await b.until("stop-by-remote-user")  # the window passed
+    assert await counts() == (0, 1, 1)
+
+
 async def test_a_queued_person_away_keeps_their_place_and_is_not_matched(
         nursery: trio.Nursery,
         autojump_clock: trio.testing.MockClock) -> None:
@@ -471,6 +501,26 @@ def test_history_is_a_ring_while_present_and_bounded_while_away() -> None:
     history.stamp()
     assert history.keep(("42[8]",)) is False  # the away ones alone exceed the bound
     history.mark_back()
+
+
+def test_a_history_goes_on_elsewhere_with_its_offsets() -> None:
+    from liveloop.server.recovery import Exported
+
+    history = History(max_packets=3, max_bytes=1 << 20)
+    for text in ("a", "b", "c", "d"):
+        history.stamp()
+        history.keep(text)
+    history.stamp()
+    history.keep(("451-[\"x\"]", b"\x00\xff"))  # a binary packet: text and attachment
+    seq, entries = history.export()
+    sent = Exported("pid", "sid", "/", seq, tuple(entries), {"phase": "idle"})
+    back = Exported.from_json(json.loads(json.dumps(sent.to_json())))
+    assert back == sent
+    elsewhere = History(max_packets=2, max_bytes=1 << 20)
+    elsewhere.restore(back.seq, back.entries)
+    # Bounded to the newest two there: after offset 3, everything is still held.
+    assert elsewhere.after("3") == (["d", "451-[\"x\"]", b"\x00\xff"], True)
+    assert elsewhere.stamp() == "6"  # offsets go on
 
 
 def test_history_bytes_bound() -> None:

@@ -18,17 +18,22 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 import pytest
 import trio
 
+from liveloop.metrics import Metrics
+from liveloop.server.http1 import RoutedConnection
 from liveloop.server.routing import NEW, TAGS, Handoff, owner_of, tag_sid
 
-from .conftest import DEADLINE, Sock, receive_response
+from .cluster import RedisServer, need_redis
+from .conftest import DEADLINE, Sock, http_get, receive_response
 from .nodeclient import NodeClient
 from .processes import Running, liveloop_process
+from .test_metrics import Samples, samples, value
 
 _PASSED = re.compile(r"worker (\d+) stopped; it passed (\d+) requests")
 
@@ -187,3 +192,154 @@ async def test_bad_requests_get_an_answer_and_the_workers_go_on(two_workers: Run
         http = await connect(two_workers.url)
         status, body = await http.request("GET", POLLING)
         assert status == 200 and body.startswith(b"0{")
+
+
+# -- the routed loop's limits, and one metrics listener per worker -----------------------
+
+
+async def _read_to_end(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes."""
+    answer = bytearray()
+    while chunk := await stream.receive_some(65536):
+        answer += chunk
+    return bytes(answer)
+
+
+async def test_routed_loop_counts_a_first_head_that_times_out(autojump_clock: object) -> None:
+    """As the one-process front door: a connection whose first head is not whole within
+    the header timeout is closed and counted ``header_timeout``; a kept-alive one idle
+    after a request, or one another worker passed here, is closed and not counted."""
+    metrics = Metrics(enabled=True)
+
+    def refused() -> float | None:
+        return metrics.registry.get_sample_value("liveloop_refused_total",
+                                                 {"limit": "header_timeout"})
+
+    async def app(scope: dict[str, Any], receive: object, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    with a, b:
+        routed = RoutedConnection(app, frozenset({"/socket.io"}), Handoff(0, a, [None, b]),
+                                  5.0, lambda *_: None, metrics)
+
+        async def exchange(sent: bytes, passed: bytes = b"") -> tuple[bytes, float]:
+            async with trio.open_nursery() as nursery:
+                client = await trio.open_tcp_stream("127.0.0.1", port)
+                server = await listeners[0].accept()
+
+                async def serve() -> None:
+                    async with server:  # as the front door's handle closes it
+                        await routed.serve(server, passed)
+
+                nursery.start_soon(serve)
+                start = trio.current_time()
+                async with client:
+                    await client.send_all(sent)
+                    answer = await _read_to_end(client)
+                elapsed = trio.current_time() - start
+            return answer, elapsed
+
+        request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer, elapsed = await exchange(b"GET / HTTP/1.1\r\nHost: x\r\n")  # unfinished
+        assert (answer, elapsed) == (b"", pytest.approx(5.0))
+        assert refused() == 1
+        answer, elapsed = await exchange(request)  # then idle, kept alive
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+        assert elapsed == pytest.approx(5.0)
+        answer, _ = await exchange(b"", passed=request)  # as another worker passes it
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert refused() == 1
+    await listeners[0].aclose()
+
+
+def consecutive_free_ports() -> int:
+    """A port P with P and P + 1 free on 127.0.0.1 now (two workers' metrics)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+async def scrape_worker(url: str) -> Samples:
+    with trio.fail_after(DEADLINE):
+        response = await http_get(url, "/metrics")
+    assert response.status == 200
+    return samples(response.body.decode())
+
+
+async def test_each_worker_has_its_own_metrics_and_limits(nursery: trio.Nursery) -> None:
+    """``--workers 2`` with ``LIVELOOP_METRICS_BIND=HOST:P``: worker i serves its own
+    metrics on P + i, counting what it served; the routed loop's body and header
+    timeouts answer and count as in one process."""
+    redis = RedisServer(nursery, need_redis())
+    await redis.start()
+    port = consecutive_free_ports()
+    env = {"LIVELOOP_REDIS_URL": redis.url, "LIVELOOP_METRICS_BIND": f"127.0.0.1:{port}",
+           "LIVELOOP_BODY_TIMEOUT": "1", "LIVELOOP_HEADER_TIMEOUT": "2"}
+    metrics = [f"http://127.0.0.1:{port + index}" for index in range(2)]
+    try:
+        async with liveloop_process("serve", "--workers", "2", env=env) as running:
+            parts = urlsplit(running.url)
+            assert parts.hostname is not None and parts.port is not None
+            # Each worker logs where its metrics are once they are served (worker 1 may
+            # still be starting).
+            lines = [f"metrics of worker {index} on {url}" for index, url in enumerate(metrics)]
+            with trio.fail_after(DEADLINE):
+                while True:
+                    if all(line in running.text() for line in lines):
+                        break
+                    await trio.sleep(0.05)  # another process: poll, under the deadline
+            with trio.fail_after(DEADLINE):
+                http = await connect(running.url)
+                sids = []
+                for _ in range(3):  # taking turns: two on one worker, one on the other
+                    status, body = await http.request("GET", POLLING)
+                    assert status == 200
+                    sids.append(json.loads(body[1:])["sid"])
+                await http._stream.aclose()
+            counts = [sum(sid[0] == TAGS[index] for sid in sids) for index in range(2)]
+            assert sorted(counts) == [1, 2]
+            found = [await scrape_worker(url) for url in metrics]
+            for index in range(2):
+                assert value(found[index], "liveloop_handshakes_total") == counts[index]
+                assert value(found[index], "liveloop_connections",
+                             transport="polling") == counts[index]
+
+            # A polling POST whose body does not come: 408 from its session's worker,
+            # whichever worker read the head, and counted there.
+            owner = TAGS.index(sids[0][0])
+            with trio.fail_after(DEADLINE):
+                stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+                async with stream:
+                    await stream.send_all(
+                        f"POST {POLLING}&sid={sids[0]} HTTP/1.1\r\nHost: x\r\n"
+                        "Content-Length: 100\r\n\r\n4".encode())
+                    answer = await _read_to_end(stream)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+            # A head that never ends: closed, counted by whichever worker accepted it.
+            with trio.fail_after(DEADLINE):
+                stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+                async with stream:
+                    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                    assert await _read_to_end(stream) == b""
+            found = [await scrape_worker(url) for url in metrics]
+            assert [value(found[index], "liveloop_refused_total", limit="body_timeout")
+                    for index in range(2)] == [int(index == owner) for index in range(2)]
+            assert sum(value(found[index], "liveloop_refused_total",
+                             limit="header_timeout") for index in range(2)) == 1
+    finally:
+        await redis.stop()

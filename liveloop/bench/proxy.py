@@ -10,6 +10,10 @@
   either way (a dead Wi-Fi: nobody is told; heartbeats find out).
 - While :attr:`CuttingProxy.refusing` is set, new connections are reset at once (the
   client's reconnection attempts fail until it is cleared).
+- :meth:`CuttingProxy.hold` keeps what arrives, either way, until :meth:`CuttingProxy.resume`
+  forwards it (a slow link, delayed as long as a test wants: nothing lost).
+- :attr:`CuttingProxy.target` is the port new connections go to: changing it moves the
+  client's next connection to another server (a balancer that moved it).
 
 It runs in the caller's nursery (``url = await nursery.start(proxy.run)``).
 """
@@ -44,9 +48,11 @@ class CuttingProxy:
     """See the module docstring."""
 
     def __init__(self, target_port: int) -> None:
-        self._target = target_port
+        self.target = target_port
         self._links: set[_Link] = set()
         self.refusing = False
+        self._flowing = trio.Event()
+        self._flowing.set()
         self.connections = 0
         """Connections accepted (and forwarded) so far."""
         self.cuts = 0
@@ -72,12 +78,22 @@ class CuttingProxy:
         for link in self._links:
             link.silent = True
 
+    def hold(self) -> None:
+        """Forward nothing more until :meth:`resume`; keep it (the kernel's buffers, then
+        the senders wait)."""
+        if self._flowing.is_set():
+            self._flowing = trio.Event()
+
+    def resume(self) -> None:
+        """Forward what was held, and go on forwarding."""
+        self._flowing.set()
+
     async def _handle(self, client: trio.SocketStream) -> None:
         if self.refusing:
             _reset(client)
             return
         try:
-            server = await trio.open_tcp_stream("127.0.0.1", self._target)
+            server = await trio.open_tcp_stream("127.0.0.1", self.target)
         except OSError:
             _reset(client)
             return
@@ -94,13 +110,15 @@ class CuttingProxy:
             _reset(client)
             _reset(server)
 
-    @staticmethod
-    async def _pump(link: _Link, source: trio.SocketStream, sink: trio.SocketStream) -> None:
+    async def _pump(self, link: _Link, source: trio.SocketStream, sink: trio.SocketStream
+                    ) -> None:
         try:
             while True:
                 data = await source.receive_some(65536)
                 if not data:
                     break
+                if not self._flowing.is_set():
+                    await self._flowing.wait()
                 if not link.silent:
                     await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

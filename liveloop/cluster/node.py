@@ -43,7 +43,9 @@ from ..config import Settings
 from ..errors import ErrorCode
 from ..matchmaker import MAILBOX_SIZE, new_room_id
 from ..messages import (
+    Arrived,
     Avoid,
+    Away,
     Deliver,
     Enqueue,
     Hangup,
@@ -52,9 +54,11 @@ from ..messages import (
     MatchmakerMessage,
     Member,
     Refused,
+    Returned,
     RoomEnded,
     RoomMessage,
     Withdraw,
+    release,
 )
 from ..metrics import Metrics
 from ..room import INBOX_SIZE
@@ -62,7 +66,17 @@ from ..server.api import Socket
 from ..status import Snapshot
 from . import notices as wire
 from . import resp, scripts
-from .notices import DeliverNotice, EndNotice, Notice
+from .handover import ClusterRecoveryStore, HandoverMixin
+from .notices import (
+    ClaimNotice,
+    DeliverNotice,
+    EndNotice,
+    ForwardedNotice,
+    HandoverNotice,
+    MatchNotice,
+    Notice,
+    PersonNotice,
+)
 from .remote import RemoteSocket
 
 log = logging.getLogger(__name__)
@@ -87,6 +101,14 @@ SWEEP_ROOMS = 16
 """Pairs one sweep (people whose cooldown has ended) makes at most."""
 
 
+def recovery_id(socket: Socket) -> str:
+    """The connection state recovery id (``pid``) of a socket here, or '': kept with the
+    person's record so that they can be reclaimed after their node is lost."""
+    record = getattr(socket, "record", None)
+    pid = getattr(record, "pid", "")
+    return pid if isinstance(pid, str) else ""
+
+
 def _redis_errors() -> tuple[type[Exception], ...]:
     import coredis.exceptions
 
@@ -104,9 +126,14 @@ class _LocalRoom:
         self.send, self.receive = trio.open_memory_channel[RoomMessage](INBOX_SIZE)
 
 
-class ClusterMatchmaker:
+class ClusterMatchmaker(HandoverMixin):
     """One node's matchmaker on shared state. Send it messages through :attr:`mailbox`;
-    start :meth:`run`. Implements :class:`~liveloop.shared.SharedState`."""
+    start :meth:`run`. Implements :class:`~liveloop.shared.SharedState`, and
+    :class:`~liveloop.peer.Relocation` (:mod:`.handover`)."""
+
+    confirms = True
+    """Connections wait for a change's ``applied`` before acking it: other nodes' changes
+    are not ordered by this node's mailbox (docs/events.md, "What an ack means")."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, *,
                  prefix: str = "ll:") -> None:
@@ -131,6 +158,11 @@ class ClusterMatchmaker:
         self._publish_stream: trio.SocketStream | None = None
         self.drops = 0
         """How many times this node dropped its clients (tests and diagnostics)."""
+        self._init_handover()
+
+    def recovery_store(self) -> ClusterRecoveryStore:
+        """The connection state recovery store whose records other nodes can claim."""
+        return ClusterRecoveryStore(self._settings, self)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -152,7 +184,7 @@ class ClusterMatchmaker:
         client = coredis.Redis.from_url(self._settings.redis_url, decode_responses=True)
         async with client:
             self._client = client
-            for name in ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS"):
+            for name in scripts.NAMES:
                 text = getattr(scripts, name)
                 self._scripts[name] = client.register_script(text)
             await self._register()
@@ -194,6 +226,15 @@ class ClusterMatchmaker:
                 await self._handle(batch)
 
     async def _handle(self, batch: list[MatchmakerMessage]) -> None:
+        try:
+            await self._handle_batch(batch)
+        finally:
+            # Each sender's ack waits for this (docs/events.md, "What an ack means"). On
+            # a failure too: the node is then dirty and drops its clients.
+            for message in batch:
+                release(message)
+
+    async def _handle_batch(self, batch: list[MatchmakerMessage]) -> None:
         now = trio.current_time()
         for message in batch:
             if isinstance(message, Enqueue):
@@ -213,7 +254,7 @@ class ClusterMatchmaker:
                         len(batch), error)
             self._dirty = True
             return
-        found: list[Notice] = []
+        found: list[PersonNotice] = []
         for message, result in zip(batch, results, strict=True):
             if result is None:
                 continue
@@ -232,7 +273,8 @@ class ClusterMatchmaker:
             member = message.member
             return self._scripts["ENQUEUE"](keys=[self._prefix], client=pipe, args=[
                 member.sid, self.node_id, member.name, member.image, str(message.ticket),
-                str(self._settings.max_queue), new_room_id(), str(SCAN_LIMIT)])
+                str(self._settings.max_queue), new_room_id(), str(SCAN_LIMIT),
+                recovery_id(member.socket)])
         if isinstance(message, Withdraw):
             return self._scripts["LEAVE"](keys=[self._prefix], args=[message.sid, ""],
                                           client=pipe)
@@ -241,19 +283,25 @@ class ClusterMatchmaker:
             if message.first != message.second and cooldown > 0:
                 a, b = sorted((message.first, message.second))
                 pipe.set(f"{self._prefix}c:{a}|{b}", "1", px=math.ceil(cooldown * 1000))
-        # RoomClosed: rooms here end by themselves; nothing to forget. Returned: people
-        # away (connection state recovery, on this node) are not skipped by the scripts
-        # yet, so a return changes nothing there (docs/cluster.md, the recovery seam).
+        if isinstance(message, Away):
+            return self._scripts["AWAY"](keys=[self._prefix], args=[message.sid], client=pipe)
+        if isinstance(message, Returned):
+            return self._scripts["RETURN"](keys=[self._prefix], client=pipe, args=[
+                message.sid, new_room_id(), str(SCAN_LIMIT)])
+        if isinstance(message, Arrived):
+            return self._scripts["MOVE"](keys=[self._prefix], client=pipe,
+                                         args=[message.sid, self.node_id])
+        # RoomClosed: rooms here end by themselves; nothing to forget.
         return None
 
     # -- notices --------------------------------------------------------------------------
 
-    async def _apply(self, notices: Iterable[Notice]) -> None:
+    async def _apply(self, notices: Iterable[PersonNotice]) -> None:
         """Act on each notice: here if the person is ours, else publish it to theirs. A
         room that ends stops taking Hangups here at once. Ours are applied first, with
         no checkpoint between them, so that nothing another node does in answer to a
         published notice can reach a person here before their own part of it."""
-        remote: list[Notice] = []
+        remote: list[PersonNotice] = []
         for notice in notices:
             if isinstance(notice, EndNotice):
                 self._ended(notice.room_id)
@@ -264,7 +312,11 @@ class ClusterMatchmaker:
         for notice in remote:
             await self._publish.send(notice)
 
-    def _apply_here(self, notice: Notice) -> None:
+    def _apply_here(self, notice: PersonNotice) -> None:
+        if not self._hand(notice):
+            self._post_notice(notice)
+
+    def _post_notice(self, notice: PersonNotice) -> None:
         socket = self._sockets.get(notice.sid)
         if socket is None:
             return  # gone from here: its Withdraw has ended (or will end) its room
@@ -272,7 +324,7 @@ class ClusterMatchmaker:
             socket.post(Deliver(notice.room_id, notice.event, notice.payload))
         elif isinstance(notice, EndNotice):
             socket.post(RoomEnded(notice.room_id, requeue=self._settings.requeue_partner))
-        else:
+        elif isinstance(notice, MatchNotice):
             room = self._open_room(notice.room_id)
             partner: Socket | None = None
             if notice.partner_node == self.node_id:
@@ -316,6 +368,13 @@ class ClusterMatchmaker:
     def _close_room(self, room_id: str) -> None:
         room = self._rooms.pop(room_id, None)
         if room is not None:
+            # A Hangup still waiting here finds its room ended already: its sender's
+            # ack may go (the room is gone in Redis, or the node drops its clients).
+            while True:
+                try:
+                    release(room.receive.receive_nowait())
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                    break
             room.receive.close()  # senders now fail at once; the room's task ends
 
     async def _run_room(self, room: _LocalRoom) -> None:
@@ -325,10 +384,13 @@ class ClusterMatchmaker:
             message: Hangup = await room.receive.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return
-        result = await self._change("LEAVE", (message.sender, room.room_id))
-        if result is not None:
-            await self._apply(wire.from_script(result))
-        self._close_room(room.room_id)
+        try:
+            result = await self._change("LEAVE", (message.sender, room.room_id))
+            if result is not None:
+                await self._apply(wire.from_script(result))
+        finally:
+            release(message)
+            self._close_room(room.room_id)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -441,16 +503,39 @@ class ClusterMatchmaker:
         except wire.BadNotice as error:
             log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
             return
+        if isinstance(notice, ClaimNotice):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._serve_claim, notice)
+            return
+        if isinstance(notice, HandoverNotice):
+            self._answered(notice)
+            return
+        forwarded = isinstance(notice, ForwardedNotice)
+        if isinstance(notice, ForwardedNotice):
+            try:
+                inner = wire.decode(notice.notice)
+            except wire.BadNotice as error:
+                log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
+                return
+            if isinstance(inner, ClaimNotice | HandoverNotice | ForwardedNotice):
+                return
+            notice = inner
         if isinstance(notice, EndNotice):
             self._ended(notice.room_id)
-        self._apply_here(notice)
+        if not self._hand(notice, forwarded):
+            self._post_notice(notice)
 
     async def _register(self) -> None:
         """(Re)join: clear what this node's id left in Redis, then mark it alive."""
         for name in self._scripts:  # loaded first, so that pipelines find them
             await self._client.script_load(getattr(scripts, name))
-        result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1))
+        result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1,
+                                                  self._window_ms()))
         await self._apply(wire.from_script(result[1]))
+
+    def _window_ms(self) -> int:
+        # A lost node's people wait this long for a recovery elsewhere (0: not at all).
+        return math.ceil(self._settings.recovery_window * 1000)
 
     def _liveness_ms(self) -> int:
         # Refreshed every timeout/6, it lasts 2/3 of the timeout: another node sees it
@@ -485,11 +570,15 @@ class ClusterMatchmaker:
             await self._register()
             return
         alive, found = await self._script("HEARTBEAT",
-                                          (self.node_id, self._liveness_ms(), 0))
+                                          (self.node_id, self._liveness_ms(), 0,
+                                           self._window_ms()))
         await self._apply(wire.from_script(found))
         if not alive:
             self.drop_clients("declared lost")
             await self._register()
+        self._release_expired()
+        self._beaten.set()
+        self._beaten = trio.Event()
         swept = await self._script(
             "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
         await self._apply(wire.from_script(swept))

@@ -9,6 +9,19 @@ node decodes and applies it. The text is a JSON array whose first item is the ki
   initiator]``: you are matched;
 - ``["E", sid, node, room]``: your room has ended;
 - ``["D", sid, node, room, event, payload]``: your partner relayed ``event``.
+
+Connection state recovery across nodes (docs/cluster.md) adds:
+
+- ``["C", pid, node, token, claimant, namespace]``: a client with this ``pid`` is back
+  on ``claimant``; hand its record over (to the node holding it);
+- ``["H", node, token, record]``: the answer, ``record`` the exported record or null;
+- ``["V", sid, node, room, who, to]``: your partner ``who`` in ``room`` now lives on
+  ``to``;
+- ``["F", sid, node, room]``: a fence: the partner's last word the old way;
+- ``["L", sid, node, room, who]``: your partner ``who``'s node is lost; they may
+  recover elsewhere within the window: keep what you relay to them meanwhile;
+- ``["W", sid, node, notice]``: ``notice`` (text), forwarded by the node that ``sid``
+  left; applied at once, where a notice that came straight may wait for the fence.
 """
 
 from __future__ import annotations
@@ -48,16 +61,67 @@ class DeliverNotice:
     payload: Any = attrs.field(eq=False)
 
 
-Notice = MatchNotice | EndNotice | DeliverNotice
+@attrs.frozen
+class ClaimNotice:
+    pid: str
+    node: str
+    token: str
+    claimant: str
+    namespace: str
+
+
+@attrs.frozen
+class HandoverNotice:
+    node: str
+    token: str
+    record: Any = attrs.field(eq=False)
+
+
+@attrs.frozen
+class MovedNotice:
+    sid: str
+    node: str
+    room_id: str
+    who: str
+    to: str
+
+
+@attrs.frozen
+class FenceNotice:
+    sid: str
+    node: str
+    room_id: str
+
+
+@attrs.frozen
+class LostNotice:
+    sid: str
+    node: str
+    room_id: str
+    who: str
+
+
+@attrs.frozen
+class ForwardedNotice:
+    sid: str
+    node: str
+    notice: str
+
+
+PersonNotice = (MatchNotice | EndNotice | DeliverNotice | MovedNotice | FenceNotice
+                | LostNotice)
+"""The notices for one person (``sid``) on their node."""
+
+Notice = PersonNotice | ClaimNotice | HandoverNotice | ForwardedNotice
 
 
 class BadNotice(ValueError):
     """A notice that does not decode: logged and dropped by the receiving node."""
 
 
-def from_script(items: list[Any]) -> list[MatchNotice | EndNotice]:
+def from_script(items: list[Any]) -> list[PersonNotice]:
     """The notices in a script's result (flat arrays, see :mod:`.scripts`)."""
-    notices: list[MatchNotice | EndNotice] = []
+    notices: list[PersonNotice] = []
     for item in items:
         notices.append(_from_fields([str(field) for field in item]))  # type: ignore[arg-type]
     return notices
@@ -74,6 +138,18 @@ def _from_fields(fields: list[Any]) -> Notice:
     if kind == "D" and len(fields) == 6:
         return DeliverNotice(str(fields[1]), str(fields[2]), str(fields[3]), str(fields[4]),
                              fields[5])
+    if kind == "C" and len(fields) == 6:
+        return ClaimNotice(*(str(field) for field in fields[1:]))
+    if kind == "H" and len(fields) == 4:
+        return HandoverNotice(str(fields[1]), str(fields[2]), fields[3])
+    if kind == "V" and len(fields) == 6:
+        return MovedNotice(*(str(field) for field in fields[1:]))
+    if kind == "F" and len(fields) == 4:
+        return FenceNotice(str(fields[1]), str(fields[2]), str(fields[3]))
+    if kind == "L" and len(fields) == 5:
+        return LostNotice(*(str(field) for field in fields[1:]))
+    if kind == "W" and len(fields) == 4:
+        return ForwardedNotice(str(fields[1]), str(fields[2]), str(fields[3]))
     raise BadNotice(f"not a notice: {str(fields)[:80]}")
 
 
@@ -84,6 +160,22 @@ def encode(notice: Notice) -> str:
                            notice.payload], separators=(",", ":"))
     if isinstance(notice, EndNotice):
         return json.dumps(["E", notice.sid, notice.node, notice.room_id])
+    if isinstance(notice, ClaimNotice):
+        return json.dumps(["C", notice.pid, notice.node, notice.token, notice.claimant,
+                           notice.namespace])
+    if isinstance(notice, HandoverNotice):
+        return json.dumps(["H", notice.node, notice.token, notice.record],
+                          separators=(",", ":"))
+    if isinstance(notice, MovedNotice):
+        return json.dumps(["V", notice.sid, notice.node, notice.room_id, notice.who,
+                           notice.to])
+    if isinstance(notice, FenceNotice):
+        return json.dumps(["F", notice.sid, notice.node, notice.room_id])
+    if isinstance(notice, LostNotice):
+        return json.dumps(["L", notice.sid, notice.node, notice.room_id, notice.who])
+    if isinstance(notice, ForwardedNotice):
+        return json.dumps(["W", notice.sid, notice.node, notice.notice],
+                          separators=(",", ":"))
     return json.dumps(["M", notice.sid, notice.node, notice.ticket, notice.room_id,
                        notice.partner, notice.partner_node, notice.partner_name,
                        notice.partner_image, int(notice.initiator)])

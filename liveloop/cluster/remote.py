@@ -12,31 +12,25 @@ import logging
 
 import trio
 
-from ..messages import Deliver
+from ..messages import Deliver, Fence
 from ..server.api import JSON
-from .notices import DeliverNotice, Notice
+from .notices import DeliverNotice, FenceNotice, Notice
 
 log = logging.getLogger(__name__)
 
 
-class RemoteSocket:
-    """A partner on another node, as a :class:`~liveloop.server.api.Socket`: what is
-    posted to it is published on its node's channel."""
+class _Elsewhere:
+    """A partner not served by this node, as a :class:`~liveloop.server.api.Socket`
+    that is only ever posted to."""
 
-    __slots__ = ("_node", "_publish", "_sid")
+    __slots__ = ("_sid",)
 
-    def __init__(self, sid: str, node: str, publish: trio.MemorySendChannel[Notice]) -> None:
+    def __init__(self, sid: str) -> None:
         self._sid = sid
-        self._node = node
-        self._publish = publish
 
     @property
     def sid(self) -> str:
         return self._sid
-
-    @property
-    def node(self) -> str:
-        return self._node
 
     @property
     def namespace(self) -> str:
@@ -45,6 +39,34 @@ class RemoteSocket:
     @property
     def connected(self) -> bool:
         return True
+
+    def emit(self, event: str, *args: JSON) -> None:
+        """Never used: a partner is only posted to."""
+
+    async def call(self, event: str, *args: JSON) -> list[JSON]:
+        raise NotImplementedError("a remote partner is only posted to")
+
+    def disconnect(self) -> None:
+        """Never used: a node disconnects only its own clients."""
+
+    def drop(self) -> None:
+        """Never used: a node drops only its own clients."""
+
+
+class RemoteSocket(_Elsewhere):
+    """A partner on another node: what is posted to it is published on its node's
+    channel."""
+
+    __slots__ = ("_node", "_publish")
+
+    def __init__(self, sid: str, node: str, publish: trio.MemorySendChannel[Notice]) -> None:
+        super().__init__(sid)
+        self._node = node
+        self._publish = publish
+
+    @property
+    def node(self) -> str:
+        return self._node
 
     @property
     def present(self) -> bool:
@@ -62,22 +84,41 @@ class RemoteSocket:
 
     def post(self, message: object) -> None:
         """As :meth:`send`, without waiting: dropped (and logged) if the publisher is
-        full, as a full mailbox would drop a local partner."""
-        if not isinstance(message, Deliver):
+        full, as a full mailbox would drop a local partner. A :class:`Fence` (the partner
+        moved) goes the same way."""
+        notice: Notice
+        if isinstance(message, Deliver):
+            notice = self._notice(message)
+        elif isinstance(message, Fence):
+            notice = FenceNotice(self._sid, self._node, message.room_id)
+        else:
             return
         try:
-            self._publish.send_nowait(self._notice(message))
+            self._publish.send_nowait(notice)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             log.warning("publisher full or closed: dropped a relay to %s", self._node)
 
-    def emit(self, event: str, *args: JSON) -> None:
-        """Never used: a partner is only posted to."""
 
-    async def call(self, event: str, *args: JSON) -> list[JSON]:
-        raise NotImplementedError("a remote partner is only posted to")
+class HeldSocket(_Elsewhere):
+    """A partner whose node is lost and who may recover on another node: what is
+    relayed to them is kept here (at most ``limit`` relays; later ones are dropped and
+    logged) until they come back (the peer then sends it on, in order) or the window
+    ends (their room ends, and this with it)."""
 
-    def disconnect(self) -> None:
-        """Never used: a node disconnects only its own clients."""
+    __slots__ = ("_limit", "held")
 
-    def drop(self) -> None:
-        """Never used: a node drops only its own clients."""
+    def __init__(self, sid: str, limit: int) -> None:
+        super().__init__(sid)
+        self._limit = limit
+        self.held: list[Deliver] = []
+
+    @property
+    def present(self) -> bool:
+        return False
+
+    def post(self, message: object) -> None:
+        if isinstance(message, Deliver):
+            if len(self.held) < self._limit:
+                self.held.append(message)
+            else:
+                log.warning("relays held for %s beyond %d: dropped", self._sid, self._limit)

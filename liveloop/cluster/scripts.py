@@ -5,8 +5,14 @@ Keys (all under one prefix, ``ll:`` unless a test picks another):
 - ``q``: sorted set of queued socket ids, scored by arrival (``seq``), FCFS order;
 - ``seq``: arrival counter; ``stats``: hash ``total`` (rooms made) and ``active``;
 - ``p:<sid>``: hash, one person queued or in a room: ``state`` (``q`` or ``r``),
-  ``node``, ``ticket``, ``name``, ``image``, and ``room`` when in one. Idle people have
-  no record;
+  ``node``, ``ticket``, ``name``, ``image``, and ``room`` when in one; ``pid`` (their
+  connection state recovery id, when they have one); ``away`` while a queued person's
+  connection is lost and may recover (``1``: kept in place, never paired), or ``lost``
+  while their node is lost and they may recover on another (queued or placed; their
+  partner is not told). Idle people have no record;
+- ``gone``: sorted set of the people of lost nodes, scored by when (Redis's clock, ms)
+  their recovery window ends; HEARTBEAT ends them then unless they came back;
+- ``o:<pid>``: the node a moved connection state recovery record lives on (a day);
 - ``r:<room>``: hash ``a``, ``an``, ``b``, ``bn``: the members and their nodes;
 - ``n:<node>``: set of the socket ids that node has queued or placed;
 - ``c:<sid>|<sid>`` (the two sorted): a cooldown after "Next", expiring by itself;
@@ -38,6 +44,7 @@ end
 local function forget(sid, node)
   redis.call('DEL', pkey(sid))
   redis.call('SREM', P .. 'n:' .. node, sid)
+  redis.call('ZREM', P .. 'gone', sid)
 end
 -- End ``room`` because ``leaver`` left it; both records leave it. Appends the
 -- partner's notice to ``out``. Returns false when ``leaver`` is not in that room.
@@ -71,6 +78,7 @@ local function place(room, first, f, second, s, out)
   table.insert(out, {'M', first, f.node, f.ticket, room, second, s.node, s.name, s.image, 1})
   table.insert(out, {'M', second, s.node, s.ticket, room, first, f.node, f.name, f.image, 0})
 end
+local function away(sid) return redis.call('HEXISTS', pkey(sid), 'away') == 1 end
 local function record(sid)
   local r = redis.call('HMGET', pkey(sid), 'node', 'ticket', 'name', 'image')
   return {node = r[1], ticket = r[2], name = r[3], image = r[4]}
@@ -87,8 +95,8 @@ end
 """
 
 ENQUEUE = _COMMON + r"""
--- ARGV: sid, node, name, image, ticket, max_queue, new room id, scan limit
--- Returns {outcome, notices}; outcome 'queued', 'already', 'paired' or 'full'.
+-- ARGV: sid, node, name, image, ticket, max_queue, new room id, scan limit, pid ('' for
+-- none). Returns {outcome, notices}; outcome 'queued', 'already', 'paired' or 'full'.
 local sid, node = ARGV[1], ARGV[2]
 local out = {}
 local state = redis.call('HGET', pkey(sid), 'state')
@@ -105,9 +113,10 @@ end
 local me = {node = node, ticket = ARGV[5], name = ARGV[3], image = ARGV[4]}
 redis.call('HSET', pkey(sid), 'state', 'q', 'node', node, 'ticket', ARGV[5],
            'name', ARGV[3], 'image', ARGV[4])
+if ARGV[9] and ARGV[9] ~= '' then redis.call('HSET', pkey(sid), 'pid', ARGV[9]) end
 redis.call('SADD', P .. 'n:' .. node, sid)
 for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[8]) - 1)) do
-  if other ~= sid then
+  if other ~= sid and not away(other) then
     if redis.call('EXISTS', ckey(sid, other)) == 0 then
       place(ARGV[7], other, record(other), sid, me, out)
       return {'paired', out}
@@ -151,10 +160,10 @@ local taken = {}
 local next_room = 2
 for i, first in ipairs(order) do
   if next_room > #ARGV then break end
-  if not taken[first] then
+  if not taken[first] and not away(first) then
     for j = i + 1, #order do
       local second = order[j]
-      if not taken[second] then
+      if not taken[second] and not away(second) then
         if redis.call('EXISTS', ckey(first, second)) == 0 then
           taken[first], taken[second] = true, true
           place(ARGV[next_room], first, record(first), second, record(second), out)
@@ -171,38 +180,154 @@ return out
 
 HEARTBEAT = _COMMON + r"""
 -- ARGV: node, liveness in ms, register ('1' at start and after dropping clients: what
--- this node's id left is cleared first). Returns {alive, notices}:
+-- this node's id left is cleared first), recovery window in ms ('0' or absent: off).
+-- Returns {alive, notices}:
 -- alive 0 when this node had been declared lost (it must drop its clients). Any other
 -- registered node whose liveness key is gone is declared lost here: its queued people
--- leave the queue and its people's rooms end (their partners get notices).
+-- leave the queue and its people's rooms end (their partners get notices); with a
+-- recovery window, they are away instead ('lost', kept in place, partners not told but
+-- their nodes get {'L', partner, partner_node, room, sid} to keep relays meanwhile)
+-- until the window ends, when the same happens unless they recovered on another node.
 local node, ttl = ARGV[1], tonumber(ARGV[2])
+local window = tonumber(ARGV[4] or '0')
 if ARGV[3] ~= '1' and redis.call('SISMEMBER', P .. 'nodes', node) == 0 then
   return {0, {}}
 end
 local out = {}
--- A lost node's people: queued ones leave the queue, placed ones' rooms end.
-local function reap(lost)
-  for _, sid in ipairs(redis.call('SMEMBERS', P .. 'n:' .. lost)) do
-    local r = redis.call('HMGET', pkey(sid), 'state', 'room')
-    if r[1] == 'q' then
-      redis.call('ZREM', P .. 'q', sid)
-      redis.call('DEL', pkey(sid))
-    elseif r[1] == 'r' then
-      end_room(r[2], sid, out)
-    end
+-- One of a lost node's people is gone: out of the queue, or their room ends.
+local function finish(sid, lost)
+  local r = redis.call('HMGET', pkey(sid), 'state', 'room')
+  if r[1] == 'q' then
+    redis.call('ZREM', P .. 'q', sid)
+    forget(sid, lost)
+  elseif r[1] == 'r' then
+    end_room(r[2], sid, out)
   end
+end
+local function reap(lost, hold)
+  local members = redis.call('SMEMBERS', P .. 'n:' .. lost)
+  if hold then
+    local until_ms = now_ms() + window
+    for _, sid in ipairs(members) do
+      local r = redis.call('HMGET', pkey(sid), 'state', 'room')
+      redis.call('HSET', pkey(sid), 'away', 'lost')
+      redis.call('ZADD', P .. 'gone', until_ms, sid)
+      if r[1] == 'r' then  -- the partner's node keeps their relays meanwhile
+        local m = redis.call('HMGET', P .. 'r:' .. r[2], 'a', 'an', 'b', 'bn')
+        if m[1] == sid then table.insert(out, {'L', m[3], m[4], r[2], sid})
+        elseif m[3] == sid then table.insert(out, {'L', m[1], m[2], r[2], sid}) end
+      end
+    end
+    return
+  end
+  for _, sid in ipairs(members) do finish(sid, lost) end
   redis.call('DEL', P .. 'n:' .. lost)
 end
-if ARGV[3] == '1' then reap(node) end  -- registering: nothing of an earlier life stays
+if ARGV[3] == '1' then reap(node, false) end  -- registering: nothing of an earlier life
+-- Lost nodes' people whose window has ended without their coming back.
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', P .. 'gone', '-inf', now_ms())) do
+  redis.call('ZREM', P .. 'gone', sid)
+  local r = redis.call('HMGET', pkey(sid), 'away', 'node')
+  if r[1] == 'lost' then finish(sid, r[2]) end
+end
 redis.call('SADD', P .. 'nodes', node)
 redis.call('SET', P .. 'alive:' .. node, '1', 'PX', ttl)
 for _, other in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
   if redis.call('EXISTS', P .. 'alive:' .. other) == 0 then
     redis.call('SREM', P .. 'nodes', other)
-    reap(other)
+    reap(other, window > 0)
   end
 end
 return {1, out}
+"""
+
+AWAY = _COMMON + r"""
+-- ARGV: sid. A queued person's connection is lost (they may recover): keep their
+-- place, pair nobody with them until RETURN. Nothing for anyone else.
+if redis.call('HGET', pkey(ARGV[1]), 'state') == 'q' then
+  redis.call('HSET', pkey(ARGV[1]), 'away', '1')
+end
+return {}
+"""
+
+RETURN = _COMMON + r"""
+-- ARGV: sid, new room id, scan limit. A person back after a lost connection: if queued,
+-- pair them with the longest-waiting present person they may be paired with (the one
+-- who waited longer is the initiator), else they wait in their place. Returns notices.
+local sid = ARGV[1]
+local out = {}
+local state = redis.call('HGET', pkey(sid), 'state')
+if not state then return out end
+redis.call('HDEL', pkey(sid), 'away')
+if state ~= 'q' then return out end
+local mine = tonumber(redis.call('ZSCORE', P .. 'q', sid))
+if not mine then return out end
+for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[3]) - 1)) do
+  if other ~= sid and not away(other) then
+    if redis.call('EXISTS', ckey(sid, other)) == 0 then
+      if tonumber(redis.call('ZSCORE', P .. 'q', other)) < mine then
+        place(ARGV[2], other, record(other), sid, record(sid), out)
+      else
+        place(ARGV[2], sid, record(sid), other, record(other), out)
+      end
+      return out
+    end
+    wake_when_cool(sid, other)
+  end
+end
+return out
+"""
+
+MOVE = _COMMON + r"""
+-- ARGV: sid, node. ``sid`` (queued or placed) now lives on ``node`` (it recovered there):
+-- its record, its node sets and its room name ``node``. Returns the partner's "moved"
+-- notice {'V', partner, partner_node, room, sid, node} when in a room.
+local sid, node = ARGV[1], ARGV[2]
+local r = redis.call('HMGET', pkey(sid), 'state', 'node', 'room')
+if not r[1] then return {} end
+if r[2] ~= node then
+  redis.call('SREM', P .. 'n:' .. r[2], sid)
+  redis.call('SADD', P .. 'n:' .. node, sid)
+  redis.call('HSET', pkey(sid), 'node', node)
+end
+if r[1] == 'r' then
+  local rkey = P .. 'r:' .. r[3]
+  local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
+  if m[1] == sid then
+    redis.call('HSET', rkey, 'an', node)
+    return {{'V', m[3], m[4], r[3], sid, node}}
+  elseif m[3] == sid then
+    redis.call('HSET', rkey, 'bn', node)
+    return {{'V', m[1], m[2], r[3], sid, node}}
+  end
+end
+return {}
+"""
+
+RECLAIM = _COMMON + r"""
+-- ARGV: sid, pid, node. A person of a lost node (away 'lost') is back on ``node`` with
+-- their recovery id: theirs again, from here. Returns {} if not (unknown, not away
+-- from a lost node, or another pid), else {state, ticket, name, image, room, partner,
+-- partner_node} (the last three empty when queued).
+local sid, pid, node = ARGV[1], ARGV[2], ARGV[3]
+local r = redis.call('HMGET', pkey(sid), 'state', 'node', 'room', 'away', 'pid', 'ticket',
+                     'name', 'image')
+if not r[1] or r[4] ~= 'lost' or r[5] ~= pid then return {} end
+redis.call('HDEL', pkey(sid), 'away')
+redis.call('ZREM', P .. 'gone', sid)
+redis.call('SREM', P .. 'n:' .. r[2], sid)
+redis.call('SADD', P .. 'n:' .. node, sid)
+redis.call('HSET', pkey(sid), 'node', node)
+if r[1] == 'q' then return {'q', r[6], r[7] or '', r[8] or '', '', '', ''} end
+local rkey = P .. 'r:' .. r[3]
+local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
+local partner, pnode = m[3], m[4]
+if m[1] == sid then redis.call('HSET', rkey, 'an', node) end
+if m[3] == sid then
+  partner, pnode = m[1], m[2]
+  redis.call('HSET', rkey, 'bn', node)
+end
+return {'r', r[6], r[7] or '', r[8] or '', r[3], partner or '', pnode or ''}
 """
 
 STATUS = r"""
@@ -216,3 +341,7 @@ for _, sid in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[1]) - 1)) d
 end
 return out
 """
+
+NAMES = ("ENQUEUE", "LEAVE", "SWEEP", "HEARTBEAT", "STATUS", "AWAY", "RETURN", "MOVE",
+         "RECLAIM")
+"""Every script, by its name here (what a node loads)."""

@@ -57,7 +57,11 @@ _MESSAGES = {
     FORBIDDEN: "Forbidden",
     UNSUPPORTED_PROTOCOL_VERSION: "Unsupported protocol version",
 }
-_MAX_FRAMES_PER_RESPONSE = 1024
+MAX_PACKETS_PER_POLL = 16
+"""Packets one polling GET's answer carries at most; the rest wait for the next GET.
+python-engineio's client (python-socketio's) refuses a payload of more than 16 packets
+(its ``Payload.max_decode_packets``) and drops the connection ("transport error"), so a
+GET that found a burst queued (40 relayed ICE candidates) used to cost it its session."""
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
@@ -254,7 +258,7 @@ class EngineServer:
                 session.polling_get = waiting
                 try:
                     frames.append(await session.outbox.receive())
-                    while len(frames) < _MAX_FRAMES_PER_RESPONSE:
+                    while len(frames) < MAX_PACKETS_PER_POLL:
                         frames.append(session.outbox.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     pass

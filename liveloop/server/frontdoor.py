@@ -142,7 +142,8 @@ class Server:
         """Serve as one of several workers: every request head is read here and routed
         (:class:`~liveloop.server.http1.RoutedConnection`)."""
         self._routed = RoutedConnection(app, frozenset(self._engines), handoff,
-                                        self._config.keep_alive_timeout, self._websocket)
+                                        self._config.keep_alive_timeout, self._websocket,
+                                        self._metrics)
 
     async def serve_handoffs(self, handoff: Handoff) -> None:
         """Serve the connections other workers pass here, each in its own task."""

@@ -14,6 +14,14 @@ as it arrives, then ``http.disconnect`` once the response is sent or the client 
 gone. A head larger than 16 KiB is answered 431, a malformed one 400, and the
 connection closed. A connection silent for ``keep_alive_timeout`` between requests is
 closed, as hypercorn does.
+
+The same limits as in one process (docs/operations.md), counted in the same metrics:
+a connection accepted here whose first head is not whole within ``keep_alive_timeout``
+(``LIVELOOP_HEADER_TIMEOUT``) is closed and counted ``refused{limit="header_timeout"}``,
+as the single-process front door does (an idle kept-alive one is closed, not counted,
+as hypercorn does); a polling POST's body is bounded by ``LIVELOOP_BODY_TIMEOUT`` in the
+engine itself (408, the session closed, ``refused{limit="body_timeout"}``), whichever
+loop serves the request.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from urllib.parse import unquote
 import h11
 import trio
 
+from ..metrics import Metrics
 from .asgi import ASGIApp, Message
 from .routing import Handoff
 
@@ -36,6 +45,8 @@ WebSocketServer = Callable[[trio.SocketStream, h11.Connection, h11.Request],
 
 _MAX_HEAD = 16 * 1024
 _RECEIVE_SIZE = 65536
+_TIMED_OUT = object()
+"""What :meth:`RoutedConnection._head` says of a head not whole in time."""
 
 
 class RoutedConnection:
@@ -46,8 +57,10 @@ class RoutedConnection:
     it is served as HTTP)."""
 
     def __init__(self, app: ASGIApp, engine_paths: frozenset[str], handoff: Handoff,
-                 keep_alive_timeout: float, websocket: WebSocketServer) -> None:
+                 keep_alive_timeout: float, websocket: WebSocketServer,
+                 metrics: Metrics | None = None) -> None:
         self._app = app
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._paths = engine_paths
         self._handoff = handoff
         self._timeout = keep_alive_timeout
@@ -57,6 +70,7 @@ class RoutedConnection:
         """Serve requests on ``stream``, ``data`` being bytes already read from it,
         until the connection ends or is passed to the worker that owns a request."""
         leftover = data
+        first = not data  # accepted here, not passed by another worker
         while True:
             http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
             received = bytearray(leftover)
@@ -65,6 +79,12 @@ class RoutedConnection:
             head = await self._head(stream, http, received)
             if head is None:
                 return
+            if head is _TIMED_OUT:
+                if first:
+                    self._metrics.refused("header_timeout")
+                return
+            assert isinstance(head, h11.Request)
+            first = False
             owner = self._handoff.route(head.target, self._paths)
             if owner != self._handoff.index:
                 await self._handoff.send(owner, stream.socket.fileno(), bytes(received))
@@ -80,9 +100,10 @@ class RoutedConnection:
             leftover = http.trailing_data[0]
 
     async def _head(self, stream: trio.SocketStream, http: h11.Connection,
-                    received: bytearray) -> h11.Request | None:
-        """The next request's head, or None when the connection is to end (closed,
-        silent too long, or a malformed head, which is answered first)."""
+                    received: bytearray) -> h11.Request | object | None:
+        """The next request's head; :data:`_TIMED_OUT` when it was not whole within
+        the timeout; None when the connection is to end otherwise (closed, or a
+        malformed head, which is answered first)."""
         with trio.move_on_after(self._timeout):
             while True:
                 try:
@@ -97,7 +118,7 @@ class RoutedConnection:
                 data = await stream.receive_some(_RECEIVE_SIZE)
                 received += data
                 http.receive_data(bytes(data))
-        return None
+        return _TIMED_OUT
 
     async def _exchange(self, stream: trio.SocketStream, http: h11.Connection,
                         head: h11.Request) -> bool:

@@ -26,10 +26,13 @@ emitted for it are kept too; if those alone would exceed ``recovery_packets`` or
 
 from __future__ import annotations
 
+import base64
 import collections
 import secrets
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
 
 from ..config import Settings
 
@@ -114,6 +117,25 @@ class History:
                     frames.extend(packet)
         return frames, seen + 1 >= first_held
 
+    def export(self) -> tuple[int, list[tuple[int, Frames | str]]]:
+        """The sequence number of the last packet, and every packet held with its own:
+        what another node needs to go on counting and to replay (:meth:`restore`)."""
+        return self._seq, [(seq, frames) for seq, _, frames in self._entries or ()]
+
+    def restore(self, seq: int, entries: Sequence[tuple[int, Frames | str]]) -> None:
+        """Go on from another node's :meth:`export`: the same offsets, the same packets
+        (within this history's bounds: the oldest leave first)."""
+        self._seq = seq
+        for number, frames in entries:
+            size = len(frames) if type(frames) is str else sum(len(f) for f in frames)
+            if self._entries is None:
+                self._entries = collections.deque()
+            self._entries.append((number, size, frames))
+            self._bytes += size
+        while self._entries and (len(self._entries) > self._max_packets
+                                 or self._bytes > self._max_bytes):
+            self._bytes -= self._entries.popleft()[1]
+
     @property
     def packets(self) -> int:
         return len(self._entries or ())
@@ -137,6 +159,48 @@ class RecoveryRecord:
         self.state: object = None
 
 
+@attrs.frozen
+class Exported:
+    """A record on its way to another node: everything a recovery there needs, as
+    plain data (the handler's state is what its ``export_state`` gave)."""
+
+    pid: str
+    sid: str
+    namespace: str
+    seq: int
+    entries: tuple[tuple[int, Frames | str], ...]
+    state: Any
+
+    def to_json(self) -> list[Any]:
+        """JSON-able; binary frames as ``{"b": base64}``."""
+        entries = [[seq, frames if type(frames) is str else
+                    [f if isinstance(f, str) else {"b": base64.b64encode(f).decode()}
+                     for f in frames]] for seq, frames in self.entries]
+        return [self.pid, self.sid, self.namespace, self.seq, entries, self.state]
+
+    @classmethod
+    def from_json(cls, fields: Any) -> Exported:
+        """The inverse of :meth:`to_json`; raises ValueError/TypeError on bad input."""
+        pid, sid, namespace, seq, entries, state = fields
+        decoded: list[tuple[int, Frames | str]] = []
+        for number, frames in entries:
+            if isinstance(frames, str):
+                decoded.append((int(number), frames))
+            else:
+                decoded.append((int(number), tuple(
+                    f if isinstance(f, str) else base64.b64decode(f["b"]) for f in frames)))
+        return cls(str(pid), str(sid), str(namespace), int(seq), tuple(decoded), state)
+
+
+Exporter = Callable[[str, str, Callable[[Exported], Callable[[object], None] | None]],
+                    Awaitable[bool]]
+"""How a store asks the server for one of its records on behalf of another node:
+``export(pid, namespace, hand_over)`` claims the socket of ``pid`` here; once its
+handler is let go, ``hand_over(exported)`` sends it on (synchronously) and returns where
+later posts to the old socket go (or None: the hand-over failed, the socket ends here).
+True if the socket was handed over."""
+
+
 class RecoveryStore(Protocol):
     """Where records live between a transport's loss and the client's return."""
 
@@ -146,8 +210,19 @@ class RecoveryStore(Protocol):
     def get(self, pid: str) -> RecoveryRecord | None:
         """The record of ``pid`` if it is held (connected or away), else None."""
 
+    def put(self, record: RecoveryRecord) -> None:
+        """Hold ``record`` (one that came from another node) from now on."""
+
     def forget(self, pid: str) -> None:
         """The socket is gone for good: drop its record. Idempotent."""
+
+    async def claim_elsewhere(self, pid: str, namespace: str) -> Exported | None:
+        """A ``pid`` this process does not hold: claim its record from wherever it is
+        (another node), so that it is held here and nowhere else; None if nobody has
+        it. The in-process store has no elsewhere."""
+
+    def serve(self, export: Exporter) -> None:
+        """Other nodes' claims for records held here are answered through ``export``."""
 
     def __len__(self) -> int: ...
 
@@ -161,10 +236,22 @@ class MemoryStore:
         self._settings = settings
         self._records: dict[str, RecoveryRecord] = {}
 
+    def new_pid(self, sid: str) -> str:
+        return new_pid()
+
     def create(self, sid: str, namespace: str) -> RecoveryRecord:
-        record = RecoveryRecord(new_pid(), sid, namespace, self._settings)
+        record = RecoveryRecord(self.new_pid(sid), sid, namespace, self._settings)
         self._records[record.pid] = record
         return record
+
+    def put(self, record: RecoveryRecord) -> None:
+        self._records[record.pid] = record
+
+    async def claim_elsewhere(self, pid: str, namespace: str) -> Exported | None:
+        return None
+
+    def serve(self, export: Exporter) -> None:
+        pass
 
     def get(self, pid: str) -> RecoveryRecord | None:
         return self._records.get(pid)

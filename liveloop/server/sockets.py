@@ -12,13 +12,14 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import trio
 
 from ..config import Settings
 from ..logs import clip
+from ..metrics import Metrics
 from ..wire import socketio as sio
 from ..wire.errors import ProtocolError
 from .api import (
@@ -30,7 +31,14 @@ from .api import (
     SocketClosed,
     SocketHandler,
 )
-from .recovery import RECOVERABLE, MemoryStore, RecoveryRecord, RecoveryStore, frames_of
+from .recovery import (
+    RECOVERABLE,
+    Exported,
+    MemoryStore,
+    RecoveryRecord,
+    RecoveryStore,
+    frames_of,
+)
 from .session import DISCONNECT_GRACE, EngineSession
 
 log = logging.getLogger(__name__)
@@ -51,8 +59,8 @@ class NamespaceSocket:
     session (:meth:`Recovery.resume`) or the window passes.
     """
 
-    __slots__ = ("_acks", "_away", "_connected", "_held", "_ids", "_namespace", "_prefix",
-                 "_recovery", "_session", "_sid", "handler", "record")
+    __slots__ = ("_acks", "_away", "_connected", "_forward", "_held", "_ids", "_namespace",
+                 "_prefix", "_recovery", "_session", "_sid", "handler", "record")
 
     def __init__(self, session: EngineSession, namespace: str) -> None:
         self._session = session
@@ -70,6 +78,9 @@ class NamespaceSocket:
         """Set when this socket can be recovered (see :mod:`.recovery`)."""
         self._recovery: Recovery | None = None
         self._away: _Away | None = None
+        # Set once the socket has moved to another node (Recovery.export): whatever is
+        # still posted here (a partner's relay on its way) goes after it.
+        self._forward: Callable[[object], None] | None = None
 
     @property
     def sid(self) -> str:
@@ -142,7 +153,8 @@ class NamespaceSocket:
         if away is not None:
             away.post(message)
         elif not self._connected:
-            return
+            if self._forward is not None:
+                self._forward(message)
         elif not self._session.closed:
             self._session.post(_ForSocket(self, message))
         elif self._recovery is not None:
@@ -294,6 +306,17 @@ class _Away:
         self.posted += 1
         self.send.send_nowait(message)
 
+    def late(self) -> list[object]:
+        """What was posted after the claim, in order (for the new owner)."""
+        posts: list[object] = []
+        while True:
+            try:
+                late = self.receive.receive_nowait()
+            except trio.WouldBlock:
+                return posts
+            if late is not _GIVE_UP:
+                posts.append(late)
+
     def give_up(self, reason: str) -> None:
         if self.gone is None and not self.claimed:
             self.gone = reason
@@ -311,10 +334,13 @@ class Recovery:
     handles what was posted before the claim, then hands the handler over.
     """
 
-    def __init__(self, settings: Settings, store: RecoveryStore | None = None) -> None:
+    def __init__(self, settings: Settings, store: RecoveryStore | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.window = settings.recovery_window
         self.store: RecoveryStore = MemoryStore(settings) if store is None else store
+        self.store.serve(self.export)
+        self._metrics = metrics if metrics is not None else Metrics(enabled=False)
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -350,6 +376,7 @@ class Recovery:
             if self._nursery is None or socket.record is None:
                 return None
             away = socket._away = _Away(self.settings.mailbox_size)
+            self._metrics.away.inc()
             socket.record.history.mark_away()
             socket._fail_acks()
             self._nursery.start_soon(self._wait_away, socket, away,
@@ -366,6 +393,9 @@ class Recovery:
                 ends_here = False  # its session task ended the socket
                 return
             deadline = trio.current_time() + self.window
+            on_away = getattr(handler, "on_away", None)
+            if on_away is not None:
+                await on_away()
             for unhandled in away.first:
                 if handler is not None and away.gone is None:
                     await handler.on_message(unhandled)
@@ -388,8 +418,10 @@ class Recovery:
                     if handler is not None:
                         await handler.on_message(message)
         finally:
+            self._metrics.away.dec()
             if ends_here:
                 # Expired, given up, or cancelled (the server is shutting down).
+                self._metrics.recoveries.labels("failed").inc()
                 gone = away.gone = away.gone or DisconnectReason.SERVER_SHUTDOWN
                 socket._close()
                 if handler is not None:
@@ -404,11 +436,37 @@ class Recovery:
         or expired ``pid``: the caller connects a new socket). An older connection still
         open with this ``pid`` is closed first."""
         pid = auth.get("pid")
-        record = self.store.get(pid) if isinstance(pid, str) else None
+        socket = self._held(pid, namespace) if isinstance(pid, str) else None
+        if socket is None or socket._session is session:
+            return None
+        away = await self._claim(socket)
+        if away is None:
+            return None
+        socket._away = None
+        socket._session = session
+        socket._held = []
+        # Posted after the claim, before this handover: theirs is the new session's
+        # mailbox now, ahead of anything posted from here on.
+        for late in away.late():
+            session.post(_ForSocket(socket, late))
+        assert socket.record is not None
+        socket.record.history.mark_back()
+        self._metrics.recoveries.labels("succeeded").inc()
+        return socket
+
+    def _held(self, pid: str, namespace: str) -> NamespaceSocket | None:
+        """The live socket of ``pid`` on ``namespace`` held here, if any."""
+        record = self.store.get(pid)
         socket = record.state if record is not None else None
         if not isinstance(socket, NamespaceSocket) or socket.namespace != namespace \
-                or not socket._connected or socket._session is session:
+                or not socket._connected:
             return None
+        return socket
+
+    async def _claim(self, socket: NamespaceSocket) -> _Away | None:
+        """Claim ``socket`` for a new owner: its away task (or, if the old connection
+        is still open, the one made by closing it) hands the handler over. None if it
+        cannot be claimed (already claimed, given up, or the hand-over did not come)."""
         away = socket._away
         if away is None:
             # Half-open: the old transport has not been noticed as lost yet. Close it, so
@@ -423,20 +481,60 @@ class Recovery:
             await away.handed.wait()
         if away.gone is not None or not away.handed.is_set():
             return None
+        return away
+
+    async def export(self, pid: str, namespace: str,
+                     hand_over: Callable[[Exported], Callable[[object], None] | None]
+                     ) -> bool:
+        """Another node claims ``pid``'s socket (see :data:`.recovery.Exporter`): claim
+        it here as a reconnect would, give its state to ``hand_over``, and from then on
+        forward what is posted to the old socket (in order: what was posted during the
+        claim goes first). Nothing here owns the socket afterwards."""
+        socket = self._held(pid, namespace)
+        away = await self._claim(socket) if socket is not None else None
+        if socket is None or socket.record is None or away is None:
+            return False
+        handler = socket.handler
+        export_state = getattr(handler, "export_state", None)
+        seq, entries = socket.record.history.export()
+        exported = Exported(pid, socket.sid, namespace, seq, tuple(entries),
+                            export_state() if export_state is not None else None)
+        forward = hand_over(exported)
         socket._away = None
-        socket._session = session
-        socket._held = []
-        # Posted after the claim, before this handover: theirs is the new session's
-        # mailbox now, ahead of anything posted from here on.
-        while True:
-            try:
-                late = away.receive.receive_nowait()
-            except trio.WouldBlock:
-                break
-            if late is not _GIVE_UP:
-                session.post(_ForSocket(socket, late))
-        assert socket.record is not None
-        socket.record.history.mark_back()
+        if forward is None:  # it could not be sent: the person is gone here
+            away.gone = DisconnectReason.TRANSPORT_CLOSE
+            socket._close()
+            self._metrics.recoveries.labels("failed").inc()
+            if handler is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + DISCONNECT_GRACE
+                    await handler.on_disconnect(DisconnectReason.TRANSPORT_CLOSE)
+            return False
+        socket._close()  # forgets the record: the other node holds it now
+        socket._forward = forward
+        for late in away.late():
+            forward(late)
+        return True
+
+    async def restore(self, exported: Exported, namespace: Namespace,
+                      session: EngineSession) -> NamespaceSocket | None:
+        """The socket another node handed over (:meth:`export`), attached to ``session``
+        with its emits held, as :meth:`resume` leaves a local one. None if the
+        namespace cannot restore a handler."""
+        restore = getattr(namespace, "restore", None)
+        if restore is None:
+            return None
+        socket = NamespaceSocket(session, exported.namespace)
+        socket._sid = exported.sid
+        record = RecoveryRecord(exported.pid, exported.sid, exported.namespace, self.settings)
+        record.history.restore(exported.seq, exported.entries)
+        record.state = socket
+        socket.record = record
+        socket._recovery = self
+        self.store.put(record)
+        socket._connected = True
+        socket.handler = await restore(socket, exported.state)
+        self._metrics.recoveries.labels("succeeded").inc()
         return socket
 
 
@@ -565,12 +663,26 @@ class SocketIOConnection:
     async def _recover(self, recovery: Recovery, wanted: dict[str, Any], name: str) -> bool:
         """Take over the socket of ``wanted["pid"]`` if there is one: replay what the
         client missed, then answer CONNECT (so the client reports ``recovered``)."""
-        if not isinstance(wanted.get("pid"), str):
+        pid = wanted.get("pid")
+        if not isinstance(pid, str):
             return False
         socket = await recovery.resume(wanted, name, self.session)
+        if socket is None and recovery.store.get(pid) is None \
+                and hasattr(self._namespaces[name], "restore"):
+            # Not held here: another node (or worker) may hold it.
+            exported = await recovery.store.claim_elsewhere(pid, name)
+            if exported is not None:
+                socket = await recovery.restore(exported, self._namespaces[name],
+                                                self.session)
         if socket is None:
             return False
         self._sockets[name] = socket
+        if self.session.closed:
+            # The client left again while the record was on its way (from another node,
+            # that takes round trips): it is away again, not lost.
+            await self._drop(socket, self.session.close_reason or
+                             DisconnectReason.TRANSPORT_CLOSE)
+            return True
         assert socket.record is not None and socket.handler is not None
         frames, complete = socket.record.history.after(wanted.get("offset"))
         if not complete:
