@@ -12,6 +12,7 @@ Readiness waits are on the process's own output or a PING answer, under a deadli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -128,6 +129,18 @@ class RedisServer:
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:
             await self.kill()
+
+
+@contextlib.asynccontextmanager
+async def running_redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
+    """A fresh real server on a free port (the test is skipped without one, as
+    :func:`need_redis` says), stopped at the end."""
+    server = RedisServer(nursery, need_redis())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 class Node:

@@ -32,7 +32,7 @@ import trio
 
 from liveloop.config import Settings
 
-from .cluster import RedisServer, need_redis
+from .cluster import running_redis
 from .conftest import DEADLINE, Sock, http_get, receive_response
 from .nodeclient import NodeClient
 from .processes import Running, liveloop_process, until_draining
@@ -118,15 +118,11 @@ class Balancer:
 async def two_nodes(nursery: trio.Nursery) -> AsyncIterator[list[Running]]:
     """Two ``liveloop serve`` on one fresh redis-server, draining for
     ``DRAIN_TIMEOUT`` after a SIGTERM."""
-    redis = RedisServer(nursery, need_redis())
-    await redis.start()
-    env = {"LIVELOOP_REDIS_URL": redis.url, "LIVELOOP_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
-    try:
+    async with running_redis(nursery) as redis:
+        env = {"LIVELOOP_REDIS_URL": redis.url, "LIVELOOP_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
         async with liveloop_process("serve", env=env) as one, \
                 liveloop_process("serve", env=env) as two:
             yield [one, two]
-    finally:
-        await redis.stop()
 
 
 def address(node: Running) -> str:

@@ -30,7 +30,7 @@ from liveloop.client.api import (
 )
 from liveloop.client.socketio import Disconnected
 
-from .cluster import Node, RedisServer, need_redis, start_nodes
+from .cluster import Node, RedisServer, running_redis, start_nodes
 from .conftest import http_get
 from .proxy import CuttingProxy
 
@@ -87,10 +87,8 @@ class Cluster:
 
 @pytest.fixture
 async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    server = RedisServer(nursery, need_redis())
-    await server.start()
-    yield server
-    await server.stop()
+    async with running_redis(nursery) as server:
+        yield server
 
 
 @asynccontextmanager

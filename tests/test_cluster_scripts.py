@@ -19,7 +19,7 @@ from liveloop.cluster import notices as wire
 from liveloop.cluster import scripts
 from liveloop.cluster.notices import EndNotice, MatchNotice, MovedNotice
 
-from .cluster import RedisServer, need_redis
+from .cluster import RedisServer, running_redis
 
 P = "t:"
 
@@ -56,10 +56,8 @@ class Scripts:
 
 @pytest.fixture
 async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    server = RedisServer(nursery, need_redis())
-    await server.start()
-    yield server
-    await server.stop()
+    async with running_redis(nursery) as server:
+        yield server
 
 
 @pytest.fixture

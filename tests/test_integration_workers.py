@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 
-from .cluster import RedisServer, need_redis
+from .cluster import running_redis
 from .conftest import VARIANTS, Variant
 from .nodeclient import NodeClient
 from .processes import liveloop_process
@@ -42,15 +42,11 @@ def variant(request: pytest.FixtureRequest) -> Variant:
 
 async def _deployment(nursery: trio.Nursery, driver: NodeClient, variant: Variant,
                       **settings: Any) -> AsyncIterator[Live]:
-    redis = RedisServer(nursery, need_redis())
-    await redis.start()
-    env = {"LIVELOOP_REDIS_URL": redis.url,
-           **{f"LIVELOOP_{name.upper()}": str(value) for name, value in settings.items()}}
-    try:
+    async with running_redis(nursery) as redis:
+        env = {"LIVELOOP_REDIS_URL": redis.url,
+               **{f"LIVELOOP_{name.upper()}": str(value) for name, value in settings.items()}}
         async with liveloop_process("serve", "--workers", "2", env=env) as running:
             yield Live(running.url, driver, variant)
-    finally:
-        await redis.stop()
 
 
 @pytest.fixture

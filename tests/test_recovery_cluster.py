@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from .cluster import RedisServer, need_redis
+from .cluster import RedisServer, running_redis
 from .conftest import DEADLINE, Sock, http_get
 from .nodeclient import NodeClient
 from .processes import liveloop_process
@@ -34,10 +34,8 @@ CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host", "sdpMid": 
 
 @pytest.fixture
 async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    server = RedisServer(nursery, need_redis())
-    await server.start()
-    yield server
-    await server.stop()
+    async with running_redis(nursery) as server:
+        yield server
 
 
 @pytest.fixture
