@@ -38,8 +38,12 @@ Fairness: nothing is pinned (two workers need both cores), so the generator and 
 share the two cores with the servers in every deployment alike; the report gives the
 CPU seconds of each (servers, Redis, generator) over the measured window, the
 throughput per core the servers and Redis used, and every figure as a ratio to Node's
-in the same round. ``--repeat`` runs the deployments again in reverse order, to show the
-spread. Writes ``results/cluster.md`` and ``results/cluster.json``.
+in the same round (or to the first deployment named, without Node). It also gives the
+seconds each role spent runnable but waiting for a CPU (``/proc`` schedstat): when CPU
+seconds plus waiting fill the window, the role was bounded by its share of the cores,
+not by anything it waited for; and the messages per second per client whose partner is
+on the same worker and on the other. ``--repeat`` runs the deployments again in reverse
+order, to show the spread. Writes ``results/cluster.md`` and ``results/cluster.json``.
 """
 
 from __future__ import annotations
@@ -200,22 +204,44 @@ def cpu_by_role(report: dict[str, Any]) -> dict[str, float]:
     return roles
 
 
+def waiting_for_cpu(report: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Saturation: seconds the server processes (all together) and the generator spent
+    runnable but waiting for a CPU over the measured window (None without schedstat)."""
+    labels = {pid: label for label, pid in report.get("pids", {}).items()}
+    waits = [p.get("cpu_wait_s") for p in report.get("server", {}).get("processes", [])
+             if labels.get(p["pid"]) != "redis"]
+    servers = sum(w for w in waits if w is not None) if waits and None not in waits else None
+    return servers, dig(report, "generator", "cpu_wait_s")
+
+
 def saturation_rows(report: dict[str, Any]) -> dict[str, float | None]:
     roles = cpu_by_role(report)
     seconds = dig(report, "duration_s") or 1.0
     rate = dig(report, "relay", "relayed_per_s")
     used = (roles["servers"] + roles["redis"]) / seconds
+    # A sid's first character names its worker only under --workers: elsewhere every
+    # pair is within one process.
+    workers = any("worker" in label for label in report.get("pids", {}))
+    clients = dig(report, "clients")
     return {
         "relayed msg/s": rate,
-        # (a sid's first character names its worker only under --workers)
         "clients paired across workers": dig(report, "relay", "clients_paired_across")
-        if any("worker" in label for label in report.get("pids", {})) else None,
+        if workers else None,
         "lost": dig(report, "relay", "lost"),
         "latency p50 ms": dig(report, "relay", "latency_ms", "p50"),
         "latency p99 ms": dig(report, "relay", "latency_ms", "p99"),
         "CPU s servers": roles["servers"],
         "CPU s Redis": roles["redis"],
         "CPU s generator": roles["generator"],
+        # Runnable, not running: CPU s + this near (processes x seconds) means the
+        # process was bounded by the CPU it got, not by waiting for its peers.
+        "s waiting for a CPU, servers": waiting_for_cpu(report)[0],
+        "s waiting for a CPU, generator": waiting_for_cpu(report)[1],
+        "msg/s per client, partner on the same worker": dig(
+            report, "relay", "per_client_msg_s_within") if workers
+        else rate / clients if rate and clients else None,
+        "msg/s per client, partner on the other worker": dig(
+            report, "relay", "per_client_msg_s_across") if workers else None,
         "cores used, servers + Redis": used,
         "msg/s per core used, servers + Redis": rate / used if rate and used else None,
         "CPU µs/msg, servers + Redis": dig(report, "server", "cpu_us_per_msg"),
@@ -247,6 +273,7 @@ def fmt(value: float | None) -> str:
 
 def table(load: str, by_deployment: dict[str, dict[str, Any]]) -> list[str]:
     names = list(by_deployment)
+    base_name = BASE if BASE in names else names[0]  # Node's, or the first run's
     rows: dict[str, dict[str, float | None]] = {}
     for name, report in by_deployment.items():
         if load.startswith("saturation"):
@@ -258,9 +285,9 @@ def table(load: str, by_deployment: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for label, values in rows.items():
         lines.append(f"| {label} | " + " | ".join(fmt(values.get(n)) for n in names) + " |")
-        base = values.get(BASE)
+        base = values.get(base_name)
         if label in RATIO_ROWS and base:
-            lines.append(f"| {label}, ratio to Node | " + " | ".join(
+            lines.append(f"| {label}, ratio to {base_name} | " + " | ".join(
                 f"{v / base:.2f}x" if v else "-" for v in (values.get(n) for n in names))
                 + " |")
     errors = [f"- {n}: {r['error'][-300:]}" for n, r in by_deployment.items() if "error" in r]

@@ -21,7 +21,7 @@
 //
 // Prints one JSON report on stdout (the shape of `liveloop bench --json`'s relay
 // report, plus per-process CPU seconds).
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { io } from "socket.io-client";
 
@@ -44,6 +44,26 @@ const TICKS = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim());
 function cpuOf(pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(")").pop().trim().split(/\s+/);
   return (Number(fields[11]) + Number(fields[12])) / TICKS; // utime + stime
+}
+
+// Seconds every thread of `pid` spent running and runnable but waiting for a CPU (the
+// kernel's /proc/PID/task/TID/schedstat; null where the kernel keeps none). A process
+// that is always running or waiting (run + wait near the window's length) was bounded by
+// the CPU it was given, however little it used: the machine's other load, or the
+// benchmark's own processes, outnumbered the cores.
+function schedOf(pid) {
+  let run = 0;
+  let wait = 0;
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const [ran, waited] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ");
+      run += Number(ran) / 1e9;
+      wait += Number(waited) / 1e9;
+    }
+  } catch {
+    return null; // no schedstat, or a thread gone meanwhile
+  }
+  return { run, wait };
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -128,13 +148,20 @@ async function main() {
     if (!client.partner) throw new Error("a partner is not in this generator process");
   }
 
+  // A sid's first character names the Live Loop worker that owns it: pairs whose two
+  // sids differ there span two workers (with one process, or Node, none do).
+  const across = clients.filter((c) => c.engineSid[0] !== c.partner.engineSid[0]);
+  const within = clients.filter((c) => c.engineSid[0] === c.partner.engineSid[0]);
+
   running = true;
   for (const client of clients) pump(client);
   await sleep(opts.warmup * 1000);
 
   const total = () => clients.reduce((sum, c) => sum + c.received, 0);
+  const sum = (some) => some.reduce((s, c) => s + c.received, 0);
   const sample = () => ({ t: performance.now(), received: total(), own: ownCpu(),
-    cpu: opts.pids.map(cpuOf) });
+    cpu: opts.pids.map(cpuOf), sched: [...opts.pids, process.pid].map(schedOf),
+    across: sum(across), within: sum(within) });
   sampling = true;
   const first = sample();
   await sleep(opts.duration * 1000);
@@ -148,13 +175,25 @@ async function main() {
 
   const seconds = (last.t - first.t) / 1000;
   const delivered = last.received - first.received;
-  const perPid = opts.pids.map((pid, i) => ({ pid, cpu_s: +(last.cpu[i] - first.cpu[i]).toFixed(3) }));
+  const waited = (i) => (first.sched[i] && last.sched[i]
+    ? +(last.sched[i].wait - first.sched[i].wait).toFixed(3) : null);
+  const perPid = opts.pids.map((pid, i) => ({ pid, cpu_s: +(last.cpu[i] - first.cpu[i]).toFixed(3),
+    cpu_wait_s: waited(i) }));
   const serverCpu = perPid.reduce((sum, p) => sum + p.cpu_s, 0);
   const generatorCpu = last.own - first.own;
   latencies.sort((a, b) => a - b);
   const warnings = [];
   if (generatorCpu / seconds > 0.9) {
     warnings.push(`the generator was busy ${Math.round(100 * generatorCpu / seconds)}% of a core: it may have been the limit`);
+  }
+  // Runnable but not running for a fifth of the window or more: the cores were
+  // oversubscribed (the machine's other load, or more busy processes than cores, as two
+  // workers plus this generator on two cores), so msg/s measures a share of the machine.
+  const starved = perPid.filter((p) => p.cpu_wait_s > 0.2 * seconds).map((p) => p.pid);
+  if (waited(opts.pids.length) > 0.2 * seconds) starved.push("the generator");
+  if (starved.length) {
+    warnings.push(`waited for a CPU over 20% of the time: ${starved.join(", ")}; ` +
+      "the delivered rate is bounded by the CPU share each got, not by the server alone");
   }
   if (errors) warnings.push(`the server answered ${errors} errors`);
   const report = {
@@ -168,16 +207,19 @@ async function main() {
     server: { cpu_s: +serverCpu.toFixed(3), cpu_pct: +(100 * serverCpu / seconds).toFixed(1),
       cpu_us_per_msg: delivered ? +(1e6 * serverCpu / delivered).toFixed(2) : null,
       processes: perPid },
-    generator: { workers: 1, cpu_s: +generatorCpu.toFixed(3),
+    generator: { workers: 1, cpu_s: +generatorCpu.toFixed(3), cpu_wait_s: waited(opts.pids.length),
       busiest: +(generatorCpu / seconds).toFixed(3),
       cpu_us_per_msg: delivered ? +(1e6 * generatorCpu / delivered).toFixed(2) : null },
     warnings,
   };
-  // A sid's first character names the Live Loop worker that owns it: pairs whose two
-  // sids differ there span two workers (with one process, or Node, none do).
-  const across = clients.filter((c) => c.engineSid[0] !== c.partner.engineSid[0]);
   report.relay.clients_paired_across = across.length;
-  report.relay.received_by_clients_paired_across = across.reduce((sum, c) => sum + c.received, 0);
+  report.relay.received_by_clients_paired_across = sum(across);
+  // Messages per second each client received in the measured window, by whether its
+  // partner is on the same worker: a lower figure across says the cross-worker round
+  // trip (through Redis) bounds those pairs' windows.
+  const perClient = (count, key) => (count ? +((last[key] - first[key]) / seconds / count).toFixed(1) : null);
+  report.relay.per_client_msg_s_within = perClient(within.length, "within");
+  report.relay.per_client_msg_s_across = perClient(across.length, "across");
   for (const client of clients) client.socket.disconnect();
   process.stdout.write(JSON.stringify(report, null, 2) + "\n");
   process.exit(0);
