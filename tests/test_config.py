@@ -46,6 +46,11 @@ def test_conformance_settings_match_the_suites() -> None:
     assert settings.allowed_origins == ("*",)
 
 
+def test_conformance_keeps_ping_settings_that_were_chosen() -> None:
+    settings = Settings.from_env({"LIVELOOP_PING_TIMEOUT": "10"}).conformance()
+    assert (settings.ping_interval, settings.ping_timeout) == (0.3, 10.0)
+
+
 def test_a_replay_must_fit_the_outbox() -> None:
     """recovery_packets and recovery_bytes below outbox_size and outbox_bytes, with
     recovery on: else a full replay would overflow the outbox and close the session."""

@@ -69,7 +69,11 @@ def test_handshakes_take_turns_from_the_worker_that_reads_them() -> None:
 
 @pytest.fixture
 async def two_workers() -> AsyncIterator[Running]:
-    async with liveloop_process("conformance", "--workers", "2") as running:
+    """The echo app on two workers: pings every 0.3 s as the suites have them, but a
+    pong may take 10 s rather than 0.2 s, so that a loaded machine cannot end a session
+    by chance (a 0.2 s pong deadline was missed at load average 14)."""
+    async with liveloop_process("conformance", "--workers", "2",
+                                env={"LIVELOOP_PING_TIMEOUT": "10"}) as running:
         yield running
 
 
