@@ -235,7 +235,7 @@ class Peer:
                 error = LiveLoopError(message.code, message.message)
                 self._metrics.error(error.code, events.REQUEST_ROOM)
                 self._socket.emit(ERROR_EVENT, error_event(error, events.REQUEST_ROOM))
-        elif message is not DRAIN:
+        else:
             # The type only: a message may carry a name or a thumbnail.
             log.warning("unexpected message", extra={
                 "sid": self._sid, "type": type(message).__name__})

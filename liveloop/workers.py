@@ -89,8 +89,8 @@ def run_workers(settings: Settings, make_app: Callable[[Settings], RootApp]) -> 
         raise ValueError(f"--workers must be between 1 and {MAX_WORKERS}")
     from .serve import hypercorn_config
 
-    for index in range(count):  # a bad metrics port is refused before anything starts
-        worker_metrics_bind(settings.metrics_bind, index)
+    # A bad metrics port is refused before anything starts: the last worker's is highest.
+    worker_metrics_bind(settings.metrics_bind, count - 1)
     sockets = listeners(settings.bind, count, hypercorn_config(settings).backlog)
     inboxes = [inbox_pair() for _ in range(count)]
     lifeline, parent_end = os.pipe()

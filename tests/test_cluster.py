@@ -385,11 +385,14 @@ async def test_concurrent_requests_leave_everyone_in_at_most_one_place(
             await churned.wait()
             # Settled: everyone still connected is queued or placed again (a partner
             # re-queues after being told, which takes a moment on a busy machine) and
-            # two reads agree; then the state is checked.
+            # two reads agree, and each placed client has had its room's match-done
+            # (delivered a moment after the script ran); then the state is checked.
             previous = None
             while True:
                 state = await shared_state(cluster)
-                if state == previous and set(state[2]) == set(matches) - gone:
+                told = all(matches.get(sid) and matches[sid][-1].room_id == room_id
+                           for room_id, members in state[1].items() for sid in members)
+                if state == previous and set(state[2]) == set(matches) - gone and told:
                     break
                 previous = state
                 await trio.sleep(0.2)  # other processes: poll, under the deadline

@@ -278,7 +278,7 @@ async def test_match_notice_after_its_rooms_end_is_followed_by_the_end(
     here = node.node_id
 
     def received(notice: wire.Notice) -> None:
-        node._received({"type": "message", "data": wire.encode(notice)})
+        node._received(wire.encode(notice))
 
     received(EndNotice("x", here, "R"))
     received(match("x", here, 1, "R", "y", "elsewhere", False))
@@ -305,8 +305,7 @@ async def test_match_with_a_partner_gone_from_this_node_still_reaches_the_person
     socket = FakeSocket("x")
     node._sockets["x"] = socket
     here = node.node_id
-    node._received({"type": "message",
-                    "data": wire.encode(match("x", here, 1, "R", "y", here, True))})
+    node._received(wire.encode(match("x", here, 1, "R", "y", here, True)))
     matched = socket.receive.receive_nowait().message  # type: ignore[union-attr]
     assert isinstance(matched, Matched) and matched.partner.sid == "y"
 

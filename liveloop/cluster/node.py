@@ -66,7 +66,7 @@ from ..server.api import Socket
 from ..status import Snapshot
 from . import notices as wire
 from . import resp, scripts
-from .handover import ClusterRecoveryStore, HandoverMixin
+from .handover import ClusterRecoveryStore, HandoverMixin, _redis_errors
 from .notices import (
     ClaimNotice,
     DeliverNotice,
@@ -107,12 +107,6 @@ def recovery_id(socket: Socket) -> str:
     record = getattr(socket, "record", None)
     pid = getattr(record, "pid", "")
     return pid if isinstance(pid, str) else ""
-
-
-def _redis_errors() -> tuple[type[Exception], ...]:
-    import coredis.exceptions
-
-    return (coredis.exceptions.RedisError, OSError, trio.TooSlowError)
 
 
 class _LocalRoom:
@@ -486,7 +480,8 @@ class ClusterMatchmaker(HandoverMixin):
                                                    ignore_subscribe_messages=True) as pubsub:
                         subscribed()
                         async for message in pubsub:
-                            self._received(message)
+                            if message.get("type") == "message":
+                                self._received(message["data"])
                 except* ended as error:
                     # coredis 6.9 also says this when cancelled while closing its stream.
                     log.info("node %s: subscription ended (%r)", self.node_id, error)
@@ -517,18 +512,23 @@ class ClusterMatchmaker(HandoverMixin):
             while data := await stream.receive_some(65536):
                 for push in pushes.feed(data):
                     if push[0] == b"message":  # as coredis would give it
-                        self._received({"type": "message", "data": push[2]})
+                        self._received(push[2])
                     elif push[0] == b"subscribe":
                         subscribed()
         raise ConnectionResetError("the subscription's connection closed")
 
-    def _received(self, message: Any) -> None:
-        if message.get("type") != "message":
-            return
+    def _decoded(self, data: Any) -> wire.Notice | None:
+        """The notice ``data`` holds; None (logged) for a bad one."""
         try:
-            notice = wire.decode(message["data"])
+            return wire.decode(data)
         except wire.BadNotice as error:
             log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
+            return None
+
+    def _received(self, data: Any) -> None:
+        """Apply a notice published to this node's channel."""
+        notice = self._decoded(data)
+        if notice is None:
             return
         if isinstance(notice, ClaimNotice):
             if self._nursery is not None:
@@ -538,13 +538,10 @@ class ClusterMatchmaker(HandoverMixin):
             self._answered(notice)
             return
         forwarded = isinstance(notice, ForwardedNotice)
-        if isinstance(notice, ForwardedNotice):
-            try:
-                inner = wire.decode(notice.notice)
-            except wire.BadNotice as error:
-                log.warning("node %s: dropped a bad notice (%s)", self.node_id, error)
-                return
-            if isinstance(inner, ClaimNotice | HandoverNotice | ForwardedNotice):
+        if isinstance(notice, ForwardedNotice):  # (narrows the type, as `forwarded` cannot)
+            inner = self._decoded(notice.notice)
+            if inner is None or isinstance(inner, ClaimNotice | HandoverNotice
+                                           | ForwardedNotice):
                 return
             notice = inner
         if isinstance(notice, EndNotice):

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from typing import Protocol, runtime_checkable
 
 import trio
@@ -65,7 +66,6 @@ GET that found a burst queued (40 relayed ICE candidates) used to cost it its se
 _PROBED_POLL_WAIT = 0.1
 _PROBED = "probed"
 _STRAGGLER_DELAY = 0.05
-_REFUSALS = {503: b"Service Unavailable", 429: b"Too Many Requests"}
 _CLOSED_POLLS = 1024
 """Polling sessions a client closed with no GET waiting, remembered at most (the oldest
 is forgotten first): see ``EngineServer._closed_polls``."""
@@ -216,7 +216,8 @@ class EngineServer:
             refusal = self._refusal(scope)
             if refusal is not None:
                 status, headers = refusal
-                await respond(send, status, _REFUSALS[status], [*cors, *headers])
+                await respond(send, status, HTTPStatus(status).phrase.encode(),
+                              [*cors, *headers])
                 return
             session = self._start(Transport.POLLING)
             body = eio.encode_payload([self._open_packet(session.sid, ["websocket"])])
@@ -474,11 +475,11 @@ class EngineServer:
 
 
 class WebSocket(Protocol):
+    """One WebSocket as the Engine.IO code sees it: what a transport provides."""
+
     violated: bool
     """Whether the client broke the WebSocket protocol (then :meth:`receive` has
     returned None): the session closes as for a parse error, not a lost transport."""
-
-    """One WebSocket as the Engine.IO code sees it: what a transport provides."""
 
     async def accept(self) -> None:
         """Complete the opening handshake."""

@@ -2,7 +2,7 @@
 directly (by :mod:`.wstransport`), the rest by hypercorn.
 
 Each connection's first request head is read here (with h11, at most
-``_MAX_HEAD`` bytes). A valid WebSocket upgrade for an Engine.IO path is completed by
+``MAX_HEAD`` bytes). A valid WebSocket upgrade for an Engine.IO path is completed by
 :class:`~.wstransport.FastWebSocket` and served by :meth:`EngineServer.serve_websocket`.
 Any other connection (polling, REST, a WebSocket elsewhere, anything malformed) goes to
 hypercorn's own connection handler, which first reads back the bytes taken here; it
@@ -46,7 +46,7 @@ from ..config import Settings
 from ..metrics import Metrics
 from .asgi import Scope
 from .engine import EngineServer
-from .http1 import RoutedConnection
+from .http1 import MAX_HEAD, RECEIVE_SIZE, RoutedConnection
 from .limits import ConnectionCount, client_address, trusted, trusted_networks
 from .routing import Handoff, Worker
 from .session import FLUSH_GRACE
@@ -58,11 +58,9 @@ HYPERCORN_VERSIONS = ((0, 17, 3), (0, 19))
 """The hypercorn versions whose private interfaces this module uses: from the first,
 included, to the second, excluded (pyproject.toml's pin says the same)."""
 
-_MAX_HEAD = 16 * 1024
 _KEPT_HEADERS = frozenset((b"origin", b"host", b"x-forwarded-for"))
 _TOO_MANY = (b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\n"
              b"connection: close\r\n\r\n")
-_RECEIVE_SIZE = 65536
 
 _Engines = dict[str, EngineServer]
 
@@ -195,12 +193,12 @@ class Server:
 
     async def _serve(self, stream: trio.abc.Stream, peer: str, proxied: bool,
                      counted: list[str]) -> None:
-        http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         received = bytearray()
         event: object = h11.NEED_DATA
         with trio.move_on_after(self._config.keep_alive_timeout) as waiting:
             while event is h11.NEED_DATA:
-                data = await stream.receive_some(_RECEIVE_SIZE)
+                data = await stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     return  # closed before a whole head
                 received += data
@@ -208,7 +206,7 @@ class Server:
                 try:
                     event = http.next_event()
                 except h11.RemoteProtocolError:
-                    break  # hypercorn answers it (400, or 431 past _MAX_HEAD)
+                    break  # hypercorn answers it (400, or 431 past MAX_HEAD)
         if waiting.cancelled_caught:
             self._metrics.refused("header_timeout")
             return  # as hypercorn's keep-alive timeout closes a silent connection

@@ -43,10 +43,18 @@ log = logging.getLogger(__name__)
 WebSocketServer = Callable[[trio.SocketStream, h11.Connection, h11.Request],
                           Callable[[], Awaitable[None]] | None]
 
-_MAX_HEAD = 16 * 1024
-_RECEIVE_SIZE = 65536
+MAX_HEAD = 16 * 1024
+"""Bytes of a request head at most (431 past them), here and in the front door."""
+RECEIVE_SIZE = 65536
 _TIMED_OUT = object()
 """What :meth:`RoutedConnection._head` says of a head not whole in time."""
+
+
+def _addresses(stream: trio.SocketStream) -> tuple[tuple[str, int], tuple[str, int]]:
+    """The client's and the server's (host, port), as an ASGI scope gives them."""
+    client = stream.socket.getpeername()
+    server = stream.socket.getsockname()
+    return (client[0], client[1]), (server[0], server[1])
 
 
 class RoutedConnection:
@@ -71,8 +79,9 @@ class RoutedConnection:
         until the connection ends or is passed to the worker that owns a request."""
         leftover = data
         first = not data  # accepted here, not passed by another worker
+        addresses = None  # the client's and ours: looked up once, for the first exchange
         while True:
-            http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+            http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
             received = bytearray(leftover)
             if leftover:
                 http.receive_data(leftover)
@@ -95,7 +104,9 @@ class RoutedConnection:
                 del http, head
                 await websocket()
                 return
-            if not await self._exchange(stream, http, head):
+            if addresses is None:
+                addresses = _addresses(stream)
+            if not await self._exchange(stream, http, head, addresses):
                 return
             leftover = http.trailing_data[0]
 
@@ -115,18 +126,18 @@ class RoutedConnection:
                     return event
                 if event is not h11.NEED_DATA:
                     return None  # ConnectionClosed
-                data = await stream.receive_some(_RECEIVE_SIZE)
+                data = await stream.receive_some(RECEIVE_SIZE)
                 received += data
                 http.receive_data(bytes(data))
         return _TIMED_OUT
 
     async def _exchange(self, stream: trio.SocketStream, http: h11.Connection,
-                        head: h11.Request) -> bool:
+                        head: h11.Request,
+                        addresses: tuple[tuple[str, int], tuple[str, int]]) -> bool:
         """Serve one request through the ASGI app; whether the connection may carry
-        another."""
+        another. ``addresses``: the client's and the server's (the scope's)."""
         path, _, query = head.target.partition(b"?")
-        client = stream.socket.getpeername()
-        server = stream.socket.getsockname()
+        client, server = addresses
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -138,12 +149,13 @@ class RoutedConnection:
             "query_string": query,
             "root_path": "",
             "headers": list(head.headers),
-            "client": (client[0], client[1]),
-            "server": (server[0], server[1]),
+            "client": client,
+            "server": server,
             "extensions": {},
         }
         done = trio.Event()
-        started: list[Message] = []
+        start: Message | None = None
+        head_sent = False
 
         async def receive() -> Message:
             while not done.is_set():
@@ -157,7 +169,7 @@ class RoutedConnection:
                 if isinstance(event, h11.EndOfMessage):
                     return {"type": "http.request", "body": b"", "more_body": False}
                 if event is h11.NEED_DATA:
-                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    data = await stream.receive_some(RECEIVE_SIZE)
                     http.receive_data(bytes(data))  # b"": the client closed
                     continue
                 if event is h11.PAUSED:
@@ -166,19 +178,19 @@ class RoutedConnection:
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
+            nonlocal start, head_sent
             kind = message["type"]
             if kind == "http.response.start":
-                started.append(message)
+                start = message
                 return
-            if kind != "http.response.body" or not started or done.is_set():
+            if kind != "http.response.body" or start is None or done.is_set():
                 return
             data = b""
-            if len(started) == 1:
-                start = started[0]
+            if not head_sent:
                 data = http.send(h11.Response(
                     status_code=start["status"], headers=list(start.get("headers", ())),
                 )) or b""
-                started.append(start)  # marks the head as sent
+                head_sent = True
             body = message.get("body", b"")
             if body:
                 data += http.send(h11.Data(data=body)) or b""
@@ -191,11 +203,11 @@ class RoutedConnection:
             await self._app(scope, receive, send)
         except Exception:
             log.exception("request %s %s failed", scope["method"], scope["path"])
-            if not started:
+            if start is None:
                 await _refuse(stream, http, 500)
             return False
         if not done.is_set():
-            if not started:
+            if start is None:
                 await _refuse(stream, http, 500)
             return False
         # What is left of a body the app did not read is dropped if it has arrived

@@ -118,26 +118,6 @@ class NamespaceSocket:
             return
         self._keep(history.keep(frames_of(parts)), parts)
 
-    def emit_text(self, json_array: str) -> None:
-        """Emit an EVENT whose JSON array (``["event", ...]``) is already encoded.
-
-        The hot path's shortcut: no bytes may be inside it.
-        """
-        if not self._connected:
-            return
-        record = self.record
-        if record is not None:
-            history = record.history
-            json_array = f'{json_array[:-1]},"{history.stamp()}"]'
-            self._keep(history.keep("4" + self._prefix + json_array),
-                       [self._prefix[1:] + json_array])
-        elif self._session.closed:
-            return
-        elif self._held is None:
-            self._session.send_frame(self._prefix + json_array)
-        else:
-            self._send([self._prefix[1:] + json_array])
-
     def _keep(self, within_bounds: bool, parts: list[str | bytes]) -> None:
         """Send a packet the history has kept, unless the client is away; give the
         recovery up when the history overflows while it is."""
