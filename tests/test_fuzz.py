@@ -458,7 +458,8 @@ async def test_hostile_input_leaves_the_server_and_the_canary_untouched(
           f"usable-session checks, {stats.relays} canary relays; RSS {baseline >> 20} MiB, "
           f"peak +{growth / 2**20:.1f} MiB")
     bad = [line for line in server.log if _BAD_LOG.search(line)]
-    assert not bad, "the server logged:\n" + "\n".join(server.log[-200:])
+    assert not bad, (f"seed {seed}: the server logged:\n" + "\n".join(bad[:20])
+                     + "\n-- its last lines --\n" + "\n".join(server.log[-40:]))
     assert not stats.problems, "\n".join(stats.problems[:20])
     assert growth <= bound, f"memory grew {growth >> 20} MiB"
     assert process_ended_cleanly(server), server.log[-20:]
