@@ -352,6 +352,18 @@ async def test_move_points_the_record_the_room_and_the_partner_at_the_new_node(
     assert (await lua.client.hgetall(f"{P}r:R"))["an"] == "n3"
     assert set(await lua.client.smembers(f"{P}n:n3")) == {"a"}
     assert await lua.client.smembers(f"{P}n:n1") == set()
+    # The other seat moves too; its notice names where a is now. Again: the same.
+    found = wire.from_script(await lua.run("MOVE", "b", "n4"))
+    assert found == [MovedNotice("a", "n3", "R", "b", "n4")]
+    assert wire.from_script(await lua.run("MOVE", "b", "n4")) == found
+    assert await lua.client.hgetall(f"{P}r:R") == {"a": "a", "an": "n3", "b": "b",
+                                                   "bn": "n4"}
+    assert await lua.client.smembers(f"{P}n:n2") == set()
+    await lua.enqueue("q", "n1")
+    assert await lua.run("MOVE", "q", "n3") == []  # queued: nobody to tell
+    assert (await lua.record("q"))["node"] == "n3" and await lua.queue() == ["q"]
+    assert set(await lua.client.smembers(f"{P}n:n3")) == {"a", "q"}
+    assert await lua.run("MOVE", "nobody", "n3") == []
     # The partner hangs up: the end notice names the new node.
     assert await lua.leave("b", "R") == [EndNotice("a", "n3", "R")]
 
@@ -393,3 +405,42 @@ async def test_lost_nodes_people_wait_out_the_window_then_are_gone(lua: Scripts)
     assert await lua.record("q1") == {} and await lua.record("w") == {}
     assert (await lua.record("x"))["node"] == "n3"  # recovered: untouched
     assert await lua.run("RECLAIM", "w", "n1.w.secret", "n3") == []  # too late
+
+
+async def test_return_pairs_with_whoever_waited_longer_once_cooled(lua: Scripts) -> None:
+    await lua.enqueue("a")
+    await lua.cool("a", "b")
+    await lua.enqueue("b")
+    await lua.run("AWAY", "b")
+    assert await lua.run("RETURN", "b", "R1", 200) == []  # still cooling with a
+    assert int(await lua.client.get(f"{P}wake")) > 0  # a sweep will look again
+    await lua.run("AWAY", "b")
+    await lua.client.delete([f"{P}c:a|b"])
+    found = wire.from_script(await lua.run("RETURN", "b", "R2", 200))
+    # b is back, but a waited longer: a starts the call.
+    assert found == [match("a", "n1", 1, "R2", "b", "n1", True),
+                     match("b", "n1", 1, "R2", "a", "n1", False)]
+    assert await lua.queue() == []
+
+
+async def test_reclaim_the_second_seat_and_a_queued_place(lua: Scripts) -> None:
+    await lua.run("HEARTBEAT", "n1", 60_000, 1, 60_000)
+    await lua.run("HEARTBEAT", "n2", 60_000, 1, 60_000)
+    await lua.enqueue("a", "n2")
+    await lua.enqueue("b", "n1", ticket=3, room="R", pid="n1.b.secret")
+    await lua.enqueue("q", "n1", ticket=5, pid="n1.q.secret")
+    await lua.client.delete([f"{P}alive:n1"])
+    alive, found = await lua.run("HEARTBEAT", "n2", 60_000, 0, 60_000)
+    assert alive == 1 and wire.from_script(found) == [wire.LostNotice("a", "n2", "R", "b")]
+    assert await lua.run("RECLAIM", "b", "n1.b.secret", "n3") == [
+        "r", "3", "", "", "R", "a", "n2"]
+    assert (await lua.client.hgetall(f"{P}r:R"))["bn"] == "n3"
+    assert await lua.run("RECLAIM", "q", "n1.q.secret", "n3") == [
+        "q", "5", "Q", "", "", "", ""]
+    assert await lua.record("q") == {"state": "q", "node": "n3", "ticket": "5",
+                                     "name": "Q", "image": "", "pid": "n1.q.secret"}
+    assert set(await lua.client.smembers(f"{P}n:n3")) == {"b", "q"}
+    assert await lua.client.smembers(f"{P}n:n1") == set()
+    assert not await lua.client.zrange(f"{P}gone", 0, -1)
+    assert (await lua.enqueue("z", "n2"))[0] == "paired"  # q is present again
+    assert await lua.leave("a", "R") == [EndNotice("b", "n3", "R")]
