@@ -46,23 +46,50 @@ local function forget(sid, node)
   redis.call('SREM', P .. 'n:' .. node, sid)
   redis.call('ZREM', P .. 'gone', sid)
 end
+-- Where ``sid`` sits in ``room``: the room's field naming its node (``an`` or ``bn``),
+-- that node, its partner and the partner's node. Nothing when ``sid`` is not a member
+-- (or the room is gone).
+local function seat(room, sid)
+  local m = redis.call('HMGET', P .. 'r:' .. room, 'a', 'an', 'b', 'bn')
+  if m[1] == sid then return 'an', m[2], m[3], m[4] end
+  if m[3] == sid then return 'bn', m[4], m[1], m[2] end
+end
 -- End ``room`` because ``leaver`` left it; both records leave it. Appends the
 -- partner's notice to ``out``. Returns false when ``leaver`` is not in that room.
 local function end_room(room, leaver, out)
-  local rkey = P .. 'r:' .. room
-  local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
-  if not m[1] then return false end
-  local me, partner, pnode
-  if m[1] == leaver then me, partner, pnode = m[2], m[3], m[4]
-  elseif m[3] == leaver then me, partner, pnode = m[4], m[1], m[2]
-  else return false end
-  redis.call('DEL', rkey)
+  local mine, me, partner, pnode = seat(room, leaver)
+  if not mine then return false end
+  redis.call('DEL', P .. 'r:' .. room)
   redis.call('HINCRBY', P .. 'stats', 'active', -1)
   for _, who in ipairs({{leaver, me}, {partner, pnode}}) do
     if redis.call('HGET', pkey(who[1]), 'room') == room then forget(who[1], who[2]) end
   end
   table.insert(out, {'E', partner, pnode, room})
   return true
+end
+-- ``sid`` (its record's ``state`` and ``room``, on ``node``) is gone: out of the queue,
+-- or its room ends (the partner's notice to ``out``).
+local function withdraw(sid, state, room, node, out)
+  if state == 'q' then
+    redis.call('ZREM', P .. 'q', sid)
+    forget(sid, node)
+  elseif state == 'r' then
+    end_room(room, sid, out)
+  end
+end
+-- ``sid``, on node ``old`` and in ``room`` (false when queued), now lives on ``node``:
+-- its record, the node sets and its seat in the room say so. When seated there, returns
+-- the seat's field, the partner and the partner's node (see ``seat``).
+local function move_to(sid, old, room, node)
+  if old ~= node then
+    redis.call('SREM', P .. 'n:' .. old, sid)
+    redis.call('SADD', P .. 'n:' .. node, sid)
+    redis.call('HSET', pkey(sid), 'node', node)
+  end
+  if not room then return end
+  local mine, _, partner, pnode = seat(room, sid)
+  if mine then redis.call('HSET', P .. 'r:' .. room, mine, node) end
+  return mine, partner, pnode
 end
 -- Place ``first`` (waited longer) and ``second`` in ``room``; both notices to ``out``.
 local function place(room, first, f, second, s, out)
@@ -83,13 +110,23 @@ local function record(sid)
   local r = redis.call('HMGET', pkey(sid), 'node', 'ticket', 'name', 'image')
   return {node = r[1], ticket = r[2], name = r[3], image = r[4]}
 end
--- Remember when the cooldown between ``a`` and ``b`` ends, for a later sweep.
-local function wake_when_cool(a, b)
+-- May ``a`` and ``b`` be paired now? Not while a cooldown is between them: then
+-- remember when it ends, so that a later sweep pairs them.
+local function may_pair(a, b)
+  if redis.call('EXISTS', ckey(a, b)) == 0 then return true end
   local left = redis.call('PTTL', ckey(a, b))
   if left > 0 then
     local at = now_ms() + left
     local wake = tonumber(redis.call('GET', P .. 'wake') or '0')
     if wake == 0 or at < wake then redis.call('SET', P .. 'wake', at) end
+  end
+  return false
+end
+-- The longest-waiting present queued person among the first ``limit`` whom ``sid`` may
+-- be paired with; nothing when none.
+local function partner_for(sid, limit)
+  for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, limit - 1)) do
+    if other ~= sid and not away(other) and may_pair(sid, other) then return other end
   end
 end
 """
@@ -115,14 +152,10 @@ redis.call('HSET', pkey(sid), 'state', 'q', 'node', node, 'ticket', ARGV[5],
            'name', ARGV[3], 'image', ARGV[4])
 if ARGV[9] and ARGV[9] ~= '' then redis.call('HSET', pkey(sid), 'pid', ARGV[9]) end
 redis.call('SADD', P .. 'n:' .. node, sid)
-for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[8]) - 1)) do
-  if other ~= sid and not away(other) then
-    if redis.call('EXISTS', ckey(sid, other)) == 0 then
-      place(ARGV[7], other, record(other), sid, me, out)
-      return {'paired', out}
-    end
-    wake_when_cool(sid, other)
-  end
+local other = partner_for(sid, tonumber(ARGV[8]))
+if other then
+  place(ARGV[7], other, record(other), sid, me, out)
+  return {'paired', out}
 end
 redis.call('ZADD', P .. 'q', redis.call('INCR', P .. 'seq'), sid)
 return {'queued', out}
@@ -139,12 +172,7 @@ if room ~= '' then
   if r[1] == 'r' and r[2] == room then end_room(room, sid, out) end
   return out
 end
-if r[1] == 'q' then
-  redis.call('ZREM', P .. 'q', sid)
-  forget(sid, r[3])
-else
-  end_room(r[2], sid, out)
-end
+withdraw(sid, r[1], r[2], r[3], out)
 return out
 """
 
@@ -163,14 +191,11 @@ for i, first in ipairs(order) do
   if not taken[first] and not away(first) then
     for j = i + 1, #order do
       local second = order[j]
-      if not taken[second] and not away(second) then
-        if redis.call('EXISTS', ckey(first, second)) == 0 then
-          taken[first], taken[second] = true, true
-          place(ARGV[next_room], first, record(first), second, record(second), out)
-          next_room = next_room + 1
-          break
-        end
-        wake_when_cool(first, second)
+      if not taken[second] and not away(second) and may_pair(first, second) then
+        taken[first], taken[second] = true, true
+        place(ARGV[next_room], first, record(first), second, record(second), out)
+        next_room = next_room + 1
+        break
       end
     end
   end
@@ -197,12 +222,7 @@ local out = {}
 -- One of a lost node's people is gone: out of the queue, or their room ends.
 local function finish(sid, lost)
   local r = redis.call('HMGET', pkey(sid), 'state', 'room')
-  if r[1] == 'q' then
-    redis.call('ZREM', P .. 'q', sid)
-    forget(sid, lost)
-  elseif r[1] == 'r' then
-    end_room(r[2], sid, out)
-  end
+  withdraw(sid, r[1], r[2], lost, out)
 end
 local function reap(lost, hold)
   local members = redis.call('SMEMBERS', P .. 'n:' .. lost)
@@ -213,9 +233,8 @@ local function reap(lost, hold)
       redis.call('HSET', pkey(sid), 'away', 'lost')
       redis.call('ZADD', P .. 'gone', until_ms, sid)
       if r[1] == 'r' then  -- the partner's node keeps their relays meanwhile
-        local m = redis.call('HMGET', P .. 'r:' .. r[2], 'a', 'an', 'b', 'bn')
-        if m[1] == sid then table.insert(out, {'L', m[3], m[4], r[2], sid})
-        elseif m[3] == sid then table.insert(out, {'L', m[1], m[2], r[2], sid}) end
+        local mine, _, partner, pnode = seat(r[2], sid)
+        if mine then table.insert(out, {'L', partner, pnode, r[2], sid}) end
       end
     end
     return
@@ -262,17 +281,12 @@ redis.call('HDEL', pkey(sid), 'away')
 if state ~= 'q' then return out end
 local mine = tonumber(redis.call('ZSCORE', P .. 'q', sid))
 if not mine then return out end
-for _, other in ipairs(redis.call('ZRANGE', P .. 'q', 0, tonumber(ARGV[3]) - 1)) do
-  if other ~= sid and not away(other) then
-    if redis.call('EXISTS', ckey(sid, other)) == 0 then
-      if tonumber(redis.call('ZSCORE', P .. 'q', other)) < mine then
-        place(ARGV[2], other, record(other), sid, record(sid), out)
-      else
-        place(ARGV[2], sid, record(sid), other, record(other), out)
-      end
-      return out
-    end
-    wake_when_cool(sid, other)
+local other = partner_for(sid, tonumber(ARGV[3]))
+if other then
+  if tonumber(redis.call('ZSCORE', P .. 'q', other)) < mine then
+    place(ARGV[2], other, record(other), sid, record(sid), out)
+  else
+    place(ARGV[2], sid, record(sid), other, record(other), out)
   end
 end
 return out
@@ -285,22 +299,8 @@ MOVE = _COMMON + r"""
 local sid, node = ARGV[1], ARGV[2]
 local r = redis.call('HMGET', pkey(sid), 'state', 'node', 'room')
 if not r[1] then return {} end
-if r[2] ~= node then
-  redis.call('SREM', P .. 'n:' .. r[2], sid)
-  redis.call('SADD', P .. 'n:' .. node, sid)
-  redis.call('HSET', pkey(sid), 'node', node)
-end
-if r[1] == 'r' then
-  local rkey = P .. 'r:' .. r[3]
-  local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
-  if m[1] == sid then
-    redis.call('HSET', rkey, 'an', node)
-    return {{'V', m[3], m[4], r[3], sid, node}}
-  elseif m[3] == sid then
-    redis.call('HSET', rkey, 'bn', node)
-    return {{'V', m[1], m[2], r[3], sid, node}}
-  end
-end
+local seated, partner, pnode = move_to(sid, r[2], r[1] == 'r' and r[3], node)
+if seated then return {{'V', partner, pnode, r[3], sid, node}} end
 return {}
 """
 
@@ -315,18 +315,8 @@ local r = redis.call('HMGET', pkey(sid), 'state', 'node', 'room', 'away', 'pid',
 if not r[1] or r[4] ~= 'lost' or r[5] ~= pid then return {} end
 redis.call('HDEL', pkey(sid), 'away')
 redis.call('ZREM', P .. 'gone', sid)
-redis.call('SREM', P .. 'n:' .. r[2], sid)
-redis.call('SADD', P .. 'n:' .. node, sid)
-redis.call('HSET', pkey(sid), 'node', node)
+local _, partner, pnode = move_to(sid, r[2], r[1] == 'r' and r[3], node)
 if r[1] == 'q' then return {'q', r[6], r[7] or '', r[8] or '', '', '', ''} end
-local rkey = P .. 'r:' .. r[3]
-local m = redis.call('HMGET', rkey, 'a', 'an', 'b', 'bn')
-local partner, pnode = m[3], m[4]
-if m[1] == sid then redis.call('HSET', rkey, 'an', node) end
-if m[3] == sid then
-  partner, pnode = m[1], m[2]
-  redis.call('HSET', rkey, 'bn', node)
-end
 return {'r', r[6], r[7] or '', r[8] or '', r[3], partner or '', pnode or ''}
 """
 
