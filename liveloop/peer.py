@@ -22,7 +22,6 @@ delays this client's next event and nobody else's.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -64,7 +63,8 @@ from .messages import (
     release,
 )
 from .metrics import Metrics
-from .ratelimit import LimiterState, RateLimiter, RelayBudget
+from .peerstate import CallState, PeerState, Phase
+from .ratelimit import RateLimiter, RelayBudget
 from .room import relayed
 from .server.api import DRAIN, JSON, Ack, Socket
 from .status import Snapshot
@@ -92,14 +92,6 @@ class Relocation(Protocol):
         """``socket`` (a peer handed over from another node) is served here from now on:
         notices for it reach it here; with ``room_id``, the room's inbox here and the
         way to the partner."""
-
-
-class Phase(enum.Enum):
-    """Where a peer is, as far as it knows."""
-
-    IDLE = "idle"
-    QUEUED = "queued"
-    IN_ROOM = "in room"
 
 
 @attrs.frozen
@@ -275,54 +267,50 @@ class Peer:
     # -- moving to another node (connection state recovery across nodes) -------------
 
     def export_state(self) -> dict[str, Any]:
-        """This peer's state as JSON, for another node to go on from (:meth:`restore`):
-        phase, ticket, name and image, the call's room and partner (with the partner's
-        node), rate limits as ages, the relay budget, the recent event ids."""
-        limits = self._limits.carry()
-        state: dict[str, Any] = {
-            "phase": self._phase.value, "ticket": self._ticket,
-            "member": None if self._member is None else [self._member.name,
-                                                         self._member.image],
-            "limits": [limits.last_room_age, list(limits.message_ages),
-                       list(limits.ice_server_ages)],
-            "seen": list(self._seen or ()), "turn": self._turn_id,
-            "budget": self._relays.carry()}
+        """This peer's state as JSON (:class:`~liveloop.peerstate.PeerState`), for
+        another node to go on from (:meth:`restore`): phase, ticket, name and image, the
+        call's room and partner (with the partner's node), rate limits as ages, the relay
+        budget, the recent event ids."""
+        member = self._member
         call = self._call
+        moving = None
         if call is not None:
             partner = call.partner
             relocation = self._relocation
             node = relocation.node_of(partner.socket) if relocation is not None else ""
-            state["call"] = [call.room_id, partner.sid, partner.name, partner.image, node]
-        return state
+            moving = CallState(call.room_id, partner.sid, partner.name, partner.image, node)
+        return PeerState(
+            phase=self._phase, ticket=self._ticket,
+            member=None if member is None else (member.name, member.image),
+            limits=self._limits.carry(), seen=tuple(self._seen or ()),
+            turn=self._turn_id, budget=self._relays.carry(), call=moving).to_json()
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, exported: dict[str, Any]) -> None:
         """Go on from another node's :meth:`export_state` (this peer is new, on the
         same ``sid``, made with a relocation)."""
         relocation = self._relocation
         assert relocation is not None
-        self._ticket = int(state["ticket"])
-        if state["member"] is not None:
-            name, image = state["member"]
-            self._member = Member(self._sid, str(name), str(image), self._socket)
-        last_room, messages, ice_servers = state["limits"]
-        self._limits.resume(LimiterState(last_room, tuple(messages), tuple(ice_servers)))
-        budget = state.get("budget")
-        self._relays.resume(None if budget is None else (budget[0], budget[1]))
-        for event_id in state["seen"]:
-            self._remember(str(event_id))
-        self._turn_id = state["turn"]
-        phase = Phase(state["phase"])
-        call = state.get("call")
-        if phase is Phase.IN_ROOM and call is not None:
-            room_id, partner, name, image, node = call
-            inbox, partner_socket = relocation.rejoin(self._socket, room_id, partner, node)
+        state = PeerState.from_json(exported)
+        self._ticket = state.ticket
+        if state.member is not None:
+            name, image = state.member
+            self._member = Member(self._sid, name, image, self._socket)
+        self._limits.resume(state.limits)
+        self._relays.resume(state.budget)
+        for event_id in state.seen:
+            self._remember(event_id)
+        self._turn_id = state.turn
+        call = state.call
+        if state.phase is Phase.IN_ROOM and call is not None:
+            inbox, partner_socket = relocation.rejoin(self._socket, call.room_id,
+                                                      call.partner, call.node)
             if inbox is not None and partner_socket is not None:
-                self._call = Call(room_id, inbox, Member(partner, name, image,
-                                                         partner_socket))
-                self._phase = phase
+                self._call = Call(call.room_id, inbox, Member(call.partner, call.name,
+                                                              call.image, partner_socket))
+                self._phase = state.phase
         else:
             relocation.rejoin(self._socket, None, "", "")
-            self._phase = phase
+            self._phase = state.phase
         self._arrived = True
 
     # -- client events ---------------------------------------------------------------

@@ -10,7 +10,10 @@
   starts Live Loop (``liveloop serve``, hypercorn's workers, uvicorn; see
   ``tests/hosts.py``), for tests that run against each.
 - :class:`Sock`: one named socket of a :class:`~tests.nodeclient.NodeClient`, keeping the
-  log of everything it received, in arrival order, for ordering checks.
+  log of everything it received, in arrival order, for ordering checks; :func:`join`,
+  :func:`pair`, :func:`events` and the ``node`` fixture (one npm ``socket.io-client``
+  driver) for the tests that use them.
+- the ``redis`` fixture: a real Redis server for the test (tests/cluster.py).
 
 No fixture here is called ``clock`` (a test module defines its own).
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +36,7 @@ from liveloop.app import RootApp
 from liveloop.config import Settings
 from liveloop.serve import serve
 
+from .cluster import RedisServer, running_redis
 from .hosts import ENTRIES, Entry, Hosts
 from .nodeclient import NodeClient
 
@@ -44,6 +48,10 @@ hypothesis_settings.load_profile("liveloop")
 
 DEADLINE = 10
 """Seconds any single wait in an integration test may take before it fails."""
+
+CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host",
+             "sdpMid": "0", "sdpMLineIndex": 0}
+"""An ICE candidate for a test to relay (``sdpMid`` replaced to tell relays apart)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -217,9 +225,11 @@ class Sock:
     async def emit(self, event: str, *args: Any) -> None:
         await self.client.emit(event, *args, socket=self.name)
 
-    async def call(self, event: str, *args: Any) -> Any:
-        """Emit with an ack; the ack's single argument."""
-        acked = await self.client.emit(event, *args, ack=True, socket=self.name)
+    async def call(self, event: str, *args: Any, ack_timeout: float | None = None) -> Any:
+        """Emit with an ack; the ack's single argument (``ack_timeout``: as the
+        driver's :meth:`~tests.nodeclient.NodeClient.emit`)."""
+        acked = await self.client.emit(event, *args, ack=True, socket=self.name,
+                                       ack_timeout=ack_timeout)
         assert acked is not None and len(acked) == 1, acked
         return acked[0]
 
@@ -268,3 +278,64 @@ class Sock:
         lines = self.unread()
         self._unread.clear()
         return lines
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[NodeClient]:
+    """One npm ``socket.io-client`` driver for the test. Every line a socket receives
+    waits in the driver's channel until the test reads it, so the buffer is large: a
+    test may read a few thousand lines at its end."""
+    async with NodeClient("node", buffer=20_000) as client:
+        yield client
+
+
+@pytest.fixture
+async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
+    """A real Redis server of the test's own (skipped without one)."""
+    async with running_redis(nursery) as server:
+        yield server
+
+
+async def join(node: NodeClient, name: str, url: str, **opts: Any) -> Sock:
+    """Socket ``name`` of ``node``, connected to ``url`` (``opts``: the client's)."""
+    sock, _ = await joined(node, name, url, **opts)
+    return sock
+
+
+async def joined(node: NodeClient, name: str, url: str, **opts: Any
+                 ) -> tuple[Sock, dict[str, Any]]:
+    """:func:`join`'s socket, and its connect line."""
+    sock = Sock(node, name)
+    with trio.fail_after(DEADLINE):
+        await sock.connect(url, **opts)
+        line = await sock.wait("connect")
+    return sock, line
+
+
+async def queued(url: str, size: int) -> None:
+    """Until the server at ``url`` says ``size`` people queue (another process: poll)."""
+    with trio.fail_after(DEADLINE):
+        while True:
+            if (await http_get(url, "/api/status")).json()["queue"]["size"] == size:
+                return
+            await trio.sleep(0.02)  # another process: poll, under the deadline
+
+
+async def pair(a: Sock, b: Sock, status_url: str | None = None) -> str:
+    """Ann (``a``) queues, then Bob (``b``): matched, Ann first. With ``status_url``,
+    Bob asks only once that server shows Ann in the queue. The room's id."""
+    with trio.fail_after(DEADLINE):
+        assert await a.call("request-room", {"name": "Ann"}) == {"ok": True}
+        if status_url is not None:
+            await queued(status_url, 1)
+        assert await b.call("request-room", {"name": "Bob"}) == {"ok": True}
+        room: str = (await a.receive("match-done"))["roomId"]
+        await b.receive("match-done")
+    return room
+
+
+def events(sock: Sock, name: str) -> list[dict[str, Any]]:
+    """Every line of event ``name`` ``sock`` received, in order."""
+    sock.unread()
+    return [line for line in sock.log if line.get("type") == "event"
+            and line.get("event") == name]

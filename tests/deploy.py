@@ -10,7 +10,7 @@ on the ports, so :func:`sources_per_node` first probes addresses with one reques
 and takes one per node.
 
 The tests at the end are every balancer's: ``test_deploy_<balancer>.py`` imports them
-and gives them its ``deployment`` fixture.
+(``__all__``) and gives them its ``deployment`` fixture.
 """
 
 from __future__ import annotations
@@ -246,13 +246,19 @@ TRANSPORTS: dict[str, dict[str, Any]] = {
 }
 
 
-# The tests every balancer passes: a test module imports them (pytest then collects them
-# there) and defines the ``deployment`` fixture they run on: (balancer, its two nodes).
+# The tests every balancer passes: a test module imports them (``from .deploy import *``:
+# pytest then collects them there) and defines the ``deployment`` fixture they run on.
+
+__all__ = ["test_a_draining_nodes_handshakes_are_retried_on_the_other",
+           "test_official_client_matched_and_relaying_across_two_nodes"]
+
+Deployment = tuple[Balancer, list[Running]]
+"""What the ``deployment`` fixture gives: the balancer, and its two nodes."""
 
 
 @pytest.mark.parametrize("transports", list(TRANSPORTS))
 async def test_official_client_matched_and_relaying_across_two_nodes(
-        deployment: tuple[Balancer, list[Running]], transports: str) -> None:
+        deployment: Deployment, transports: str) -> None:
     """Two official clients (in the mode ``transports`` names), each from an address the
     balancer sends to another node, are matched together and relay both ways; every
     request of each went to its own node."""
@@ -280,7 +286,7 @@ async def test_official_client_matched_and_relaying_across_two_nodes(
 
 
 async def test_a_draining_nodes_handshakes_are_retried_on_the_other(
-        deployment: tuple[Balancer, list[Running]]) -> None:
+        deployment: Deployment) -> None:
     """A node told to stop (SIGTERM) answers handshakes 503 while its calls go on: the
     balancer retries those on the other node, and the calls' own requests still reach
     the draining node."""

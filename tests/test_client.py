@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import attrs
@@ -339,6 +340,41 @@ async def test_bench_slowhead_holds_unfinished_heads(url: str) -> None:
         report = await run_inline(bench_config(url, "slowhead", clients=5, duration=0.1))
     assert report["slowhead"]["connections"] == 5
     assert "rss_per_connection_kib" in report["slowhead"]
+
+
+async def test_bench_slowhead_spreads_over_every_url(nursery: trio.Nursery) -> None:
+    """``--url a,b``: the unfinished heads go to each server in turn, as the other
+    scenarios' clients do."""
+    from liveloop.bench.runner import run_inline
+
+    heads: dict[int, list[bytes]] = {}
+    all_read = trio.Event()
+
+    async def listen() -> int:
+        # A stand-in server that keeps what each connection sent, once it has ended.
+        async def read(stream: trio.SocketStream) -> None:
+            data = b""
+            async with stream:
+                while chunk := await stream.receive_some(1024):
+                    data += chunk
+            heads[port].append(data)
+            if sum(map(len, heads.values())) == 6:
+                all_read.set()
+
+        listeners = await nursery.start(partial(trio.serve_tcp, read, 0, host="127.0.0.1"))
+        port: int = listeners[0].socket.getsockname()[1]
+        heads[port] = []
+        return port
+
+    ports = [await listen(), await listen()]
+    url = ",".join(f"http://127.0.0.1:{port}" for port in ports)
+    with trio.fail_after(30):
+        report = await run_inline(bench_config(url, "slowhead", clients=6, duration=0.1))
+        await all_read.wait()  # the bench closed them; each server has read its part
+    assert report["slowhead"]["connections"] == 6
+    for port in ports:
+        assert len(heads[port]) == 3, heads
+        assert all(head.startswith(b"GET / HTTP/1.1\r\n") for head in heads[port])
 
 
 async def test_bench_says_when_the_server_rate_limits(nursery: trio.Nursery) -> None:

@@ -30,7 +30,7 @@ from liveloop.client.api import (
 )
 from liveloop.client.socketio import Disconnected
 
-from .cluster import Node, RedisServer, running_redis, start_nodes
+from .cluster import Node, RedisServer, start_nodes
 from .conftest import http_get
 from .proxy import CuttingProxy
 
@@ -83,12 +83,6 @@ class Cluster:
                         return document
                 self.last_status = document
                 await trio.sleep(0.02)  # other processes: poll, under the deadline
-
-
-@pytest.fixture
-async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    async with running_redis(nursery) as server:
-        yield server
 
 
 @asynccontextmanager

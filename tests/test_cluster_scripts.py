@@ -19,7 +19,7 @@ from liveloop.cluster import notices as wire
 from liveloop.cluster import scripts
 from liveloop.cluster.notices import EndNotice, MatchNotice, MovedNotice
 
-from .cluster import RedisServer, running_redis
+from .cluster import RedisServer
 
 P = "t:"
 
@@ -52,12 +52,6 @@ class Scripts:
 
     async def record(self, sid: str) -> dict[str, str]:
         return dict(await self.client.hgetall(f"{P}p:{sid}"))
-
-
-@pytest.fixture
-async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    async with running_redis(nursery) as server:
-        yield server
 
 
 @pytest.fixture

@@ -21,24 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from . import deploy
 from .cluster import free_port
-from .deploy import (  # the tests every balancer passes, run here on this deployment
-    Balancer,
-    Logged,
-    address,
-    balancer_process,
-    beyond_ping_deadline,
-    documented_config,
-    need_program,
-    replace_once,
-    test_a_draining_nodes_handshakes_are_retried_on_the_other,
-    test_official_client_matched_and_relaying_across_two_nodes,
-    two_nodes,
-)
-from .processes import Running
-
-__all__ = ["test_a_draining_nodes_handshakes_are_retried_on_the_other",
-           "test_official_client_matched_and_relaying_across_two_nodes"]
+from .deploy import *  # noqa: F403  (the tests every balancer passes, run here)
 
 
 def our_config(documented: str, listen: int, upstreams: list[str]) -> str:
@@ -47,27 +32,27 @@ def our_config(documented: str, listen: int, upstreams: list[str]) -> str:
     servers = re.findall(r"^\s*server \S+:\d+ (.*);$", documented, re.M)
     assert len(servers) == 2, "the documented upstream has two servers"
     lines = [f"    server {upstream} {servers[0]};" for upstream in upstreams]
-    config = replace_once(r"(?:^\s*server \S+:\d+ .*;\n)+", "\n".join(lines) + "\n",
-                          documented)
-    return replace_once(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{listen};", config)
+    config = deploy.replace_once(r"(?:^\s*server \S+:\d+ .*;\n)+", "\n".join(lines) + "\n",
+                                 documented)
+    return deploy.replace_once(r"^(\s*)listen 80;$", rf"\1listen 127.0.0.1:{listen};", config)
 
 
-def parse_log(text: str) -> list[Logged]:
+def parse_log(text: str) -> list[deploy.Logged]:
     """The access log (``$remote_addr|$upstream_addr|$request``): nginx lists every
     upstream it tried, comma-separated, the one that answered last."""
     logged = []
     for line in text.splitlines():
         client, upstreams, request = line.split("|", 2)
         tried = [upstream.strip() for upstream in upstreams.split(",")]
-        logged.append(Logged(client, tried[-1], len(tried) > 1, request))
+        logged.append(deploy.Logged(client, tried[-1], len(tried) > 1, request))
     return logged
 
 
 @pytest.fixture
 async def deployment(nursery: trio.Nursery, tmp_path: Path
-                     ) -> AsyncIterator[tuple[Balancer, list[Running]]]:
-    binary = need_program("nginx")
-    async with two_nodes(nursery) as nodes:
+                     ) -> AsyncIterator[deploy.Deployment]:
+    binary = deploy.need_program("nginx")
+    async with deploy.two_nodes(nursery) as nodes:
         port = free_port()
         prefix = tmp_path / "nginx"
         prefix.mkdir()
@@ -82,18 +67,20 @@ async def deployment(nursery: trio.Nursery, tmp_path: Path
             f"  scgi_temp_path {prefix}/scgi;\n"
             "  log_format upstream '$remote_addr|$upstream_addr|$request';\n"
             f"  access_log {access} upstream;\n"
-            + our_config(documented_config("nginx"), port, [address(n) for n in nodes])
+            + our_config(deploy.documented_config("nginx"), port,
+                         [deploy.address(n) for n in nodes])
             + "}\n")
         command = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                    "-e", str(prefix / "error.log")]
         # SIGTERM at the end: nginx's fast shutdown.
-        async with balancer_process([*command, "-t"], command, f"http://127.0.0.1:{port}",
-                                    prefix / "output.log", access, parse_log) as balancer:
+        async with deploy.balancer_process([*command, "-t"], command,
+                                           f"http://127.0.0.1:{port}", prefix / "output.log",
+                                           access, parse_log) as balancer:
             yield balancer, nodes
 
 
 def test_the_documented_timeouts_outlast_a_silent_healthy_session() -> None:
     timeouts = re.findall(r"^\s*proxy_(?:read|send)_timeout (\d+)s;$",
-                          documented_config("nginx"), re.M)
+                          deploy.documented_config("nginx"), re.M)
     assert len(timeouts) == 2
-    assert all(beyond_ping_deadline(float(seconds)) for seconds in timeouts)
+    assert all(deploy.beyond_ping_deadline(float(seconds)) for seconds in timeouts)

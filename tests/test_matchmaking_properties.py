@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 
 from liveloop.pairing import Admission, Lobby, Pairing
-from liveloop.peer import Phase
+from liveloop.peerstate import Phase
 from tests.fakes import FakeClient, World
 
 COOLDOWN = 10.0

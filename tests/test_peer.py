@@ -3,6 +3,7 @@ disconnects, rate limits, validation, acks and ordering. No network: fake socket
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -13,8 +14,9 @@ from trio.testing import MockClock
 
 from liveloop.config import Settings
 from liveloop.messages import Deliver, Matched, MatchmakerMessage, Member, RoomEnded
-from liveloop.peer import LiveLoopNamespace, Peer, Phase
-from liveloop.ratelimit import RELAY_WINDOW
+from liveloop.peer import LiveLoopNamespace, Peer
+from liveloop.peerstate import CallState, PeerState, Phase
+from liveloop.ratelimit import RELAY_WINDOW, LimiterState
 from liveloop.status import Snapshot
 from tests.fakes import FakeClient, FakeSocket, World, open_world
 
@@ -519,6 +521,18 @@ async def test_unexpected_message_is_ignored() -> None:
     peer, socket, _ = await lone_peer()
     await peer.on_message("junk")
     assert socket.emitted == []
+
+
+@pytest.mark.parametrize("state", [
+    PeerState(Phase.IDLE, 0),
+    PeerState(Phase.QUEUED, 3, ("Ann", "a.png"), seen=("e1",)),
+    PeerState(Phase.IN_ROOM, 7, ("Ann", ""), LimiterState(1.5, (2.0, 3.0), (4.0,)),
+              ("e1", "e2"), "turn-id", (2.5, 0.25),
+              CallState("room", "sid-b", "Bob", "b.png", "node-b")),
+])
+def test_a_peer_state_survives_its_json(state: PeerState) -> None:
+    # What one node exports (through JSON text) is what the next restores.
+    assert PeerState.from_json(json.loads(json.dumps(state.to_json()))) == state
 
 
 def client_names(*clients: FakeClient) -> list[list[str]]:

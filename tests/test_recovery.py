@@ -25,11 +25,10 @@ from liveloop.server.recovery import History
 from liveloop.service import LiveLoop
 
 from .asgi import WebSocket, websocket
+from .conftest import CANDIDATE
 
 PATH = "/socket.io/"
 WS = {"EIO": "4", "transport": "websocket"}
-CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host", "sdpMid": "0",
-             "sdpMLineIndex": 0}
 BASE = Settings(rate_limits=False, recovery_window=20.0)
 
 

@@ -15,82 +15,38 @@ the partner must never hear of the cut. Waits are on client events under
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 
-from .cluster import RedisServer, running_redis
-from .conftest import DEADLINE, Sock, http_get
+from .cluster import RedisServer
+from .conftest import CANDIDATE, DEADLINE, Sock, events, http_get, join, joined, pair, queued
 from .nodeclient import NodeClient
 from .processes import liveloop_process
 from .proxy import CuttingProxy
 from .test_cluster import make_cluster
-
-CANDIDATE = {"candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host", "sdpMid": "0",
-             "sdpMLineIndex": 0}
-
-
-@pytest.fixture
-async def redis(nursery: trio.Nursery) -> AsyncIterator[RedisServer]:
-    async with running_redis(nursery) as server:
-        yield server
-
-
-@pytest.fixture
-async def node() -> AsyncIterator[NodeClient]:
-    async with NodeClient("node", buffer=20_000) as client:
-        yield client
 
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-async def join(node: NodeClient, name: str, url: str, **opts: Any) -> Sock:
-    sock, _ = await joined(node, name, url, **opts)
-    return sock
+async def behind_proxy(nursery: trio.Nursery, node: NodeClient, url: str
+                       ) -> tuple[CuttingProxy, Sock, dict[str, Any]]:
+    """Socket "a", the person who is cut: it reaches ``url`` through a proxy that the
+    test cuts and points elsewhere (a balancer), WebSocket only, back soon after a cut;
+    and its connect line."""
+    proxy = CuttingProxy(port_of(url))
+    proxied = await nursery.start(proxy.run)
+    a, line = await joined(node, "a", proxied, transports=["websocket"], reconnection=True,
+                           reconnectionDelay=100, reconnectionDelayMax=200)
+    return proxy, a, line
 
 
-async def joined(node: NodeClient, name: str, url: str, **opts: Any
-                 ) -> tuple[Sock, dict[str, Any]]:
-    """A connected socket, and its connect line."""
-    sock = Sock(node, name)
-    with trio.fail_after(DEADLINE):
-        await sock.connect(url, **opts)
-        line = await sock.wait("connect")
-    return sock, line
-
-
-async def call(sock: Sock, event: str, payload: Any) -> Any:
-    acked = await sock.client.emit(event, payload, ack=True, socket=sock.name)
-    assert acked is not None
-    return acked[0]
-
-
-async def queued(url: str, size: int) -> None:
-    with trio.fail_after(DEADLINE):
-        while True:
-            if (await http_get(url, "/api/status")).json()["queue"]["size"] == size:
-                return
-            await trio.sleep(0.02)  # another process: poll, under the deadline
-
-
-async def pair(a: Sock, b: Sock, status_url: str) -> str:
-    with trio.fail_after(DEADLINE):
-        assert await call(a, "request-room", {"name": "Ann"}) == {"ok": True}
-        await queued(status_url, 1)
-        assert await call(b, "request-room", {"name": "Bob"}) == {"ok": True}
-        room: str = (await a.receive("match-done"))["roomId"]
-        await b.receive("match-done")
-    return room
-
-
-def texts(sock: Sock, event: str = "Message:recived") -> list[str]:
-    sock.unread()
-    return [line["args"][0]["message"] for line in sock.log
-            if line.get("type") == "event" and line.get("event") == event]
+def texts(sock: Sock) -> list[str]:
+    """The chat lines ``sock`` received, in order."""
+    return [line["args"][0]["message"] for line in events(sock, "Message:recived")]
 
 
 def told(sock: Sock) -> list[str]:
@@ -112,7 +68,7 @@ class Sender:
         n = 0
         while not self.stop.is_set():
             text = f"m{n}"
-            assert await call(self.sock, "newMessage", {"message": text, "id": text}) \
+            assert await self.sock.call("newMessage", {"message": text, "id": text}) \
                 == {"ok": True}
             self.sent.append(text)
             n += 1
@@ -121,6 +77,14 @@ class Sender:
 
 def from_(sock: Sock) -> Any:
     return lambda line: line["args"][0].get("from") == sock.sid
+
+
+async def flowing(a: Sock, sender: Sender, more: int = 20) -> None:
+    """Until ``sender`` has sent ``more`` lines after now (``a`` reading meanwhile)."""
+    with trio.fail_after(DEADLINE):
+        count = len(sender.sent)
+        while len(sender.sent) < count + more:
+            await a.wait("event", "Message:recived")
 
 
 async def caught_up(a: Sock, sender: Sender) -> None:
@@ -150,10 +114,7 @@ async def test_the_official_client_recovers_on_another_node(
         old, new = cluster.nodes[0].url, cluster.nodes[1].url
         partner_url = {"old node": old, "new node": new,
                        "third node": cluster.nodes[2].url}[partner_on]
-        proxy = CuttingProxy(port_of(old))
-        proxied = await nursery.start(proxy.run)
-        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
-                       reconnectionDelay=100, reconnectionDelayMax=200)
+        proxy, a, _ = await behind_proxy(nursery, node, old)
         b = await join(node, "b", partner_url, transports=["websocket"])
         room = await pair(a, b, partner_url)
         sender = Sender(b)
@@ -163,11 +124,7 @@ async def test_the_official_client_recovers_on_another_node(
                 await a.wait("event", "Message:recived")  # the stream flows
             line = await moved_recovery(a, proxy, port_of(new))
             assert line["recovered"] is True and line["sid"] == a.sid
-            with trio.fail_after(DEADLINE):
-                # Relays keep flowing to the person on the new node.
-                count = len(sender.sent)
-                while len(sender.sent) < count + 20:
-                    await a.wait("event", "Message:recived")
+            await flowing(a, sender)  # relays keep flowing to the person on the new node
             sender.stop.set()
         await caught_up(a, sender)
         # Every message once, in order, across the move.
@@ -175,15 +132,15 @@ async def test_the_official_client_recovers_on_another_node(
         assert proxy.connections == 2
         # The person is in the same call on the new node: relays go both ways.
         with trio.fail_after(DEADLINE):
-            assert await call(a, "send-new-ice-candidates",
+            assert await a.call("send-new-ice-candidates",
                               {"roomId": room, "candidate": CANDIDATE}) == {"ok": True}
             await b.wait("event", "new-ice-candidates")
-            assert await call(a, "newMessage", {"message": "back"}) == {"ok": True}
+            assert await a.call("newMessage", {"message": "back"}) == {"ok": True}
             await b.wait("event", "Message:recived", from_(a))
         assert told(b) == ["match-done"]  # the partner never heard of the cut
         # Stop from the moved person reaches the partner (the room moved in Redis too).
         with trio.fail_after(DEADLINE):
-            assert await call(a, "stop-call", {"roomId": room}) == {"ok": True}
+            assert await a.call("stop-call", {"roomId": room}) == {"ok": True}
             await b.wait("event", "stop-by-remote-user")
 
 
@@ -193,11 +150,7 @@ async def test_recovery_under_two_workers(nursery: trio.Nursery, redis: RedisSer
            "LIVELOOP_HANDSHAKES_PER_IP": "1000000",
            "LIVELOOP_MAX_CONNECTIONS_PER_IP": "1000000"}
     async with liveloop_process("serve", "--workers", "2", env=env) as running:
-        proxy = CuttingProxy(port_of(running.url))
-        proxied = await nursery.start(proxy.run)
-        a, first = await joined(node, "a", proxied, transports=["websocket"],
-                                reconnection=True, reconnectionDelay=100,
-                                reconnectionDelayMax=200)
+        proxy, a, first = await behind_proxy(nursery, node, running.url)
         b = await join(node, "b", running.url, transports=["websocket"])
         await pair(a, b, running.url)
         workers = [first["engine_sid"][0]]
@@ -219,7 +172,7 @@ async def test_recovery_under_two_workers(nursery: trio.Nursery, redis: RedisSer
         assert texts(a) == sender.sent
         assert told(b) == ["match-done"]
         with trio.fail_after(DEADLINE):
-            assert await call(a, "newMessage", {"message": "back"}) == {"ok": True}
+            assert await a.call("newMessage", {"message": "back"}) == {"ok": True}
             await b.wait("event", "Message:recived", from_(a))
 
 
@@ -265,10 +218,7 @@ async def test_back_on_another_node_after_its_node_was_killed(
         nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
     async with make_cluster(nursery, redis, 2, node_timeout=TIMEOUT,
                             recovery_window=TIMEOUT * 4) as cluster:
-        proxy = CuttingProxy(port_of(cluster.nodes[0].url))
-        proxied = await nursery.start(proxy.run)
-        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
-                       reconnectionDelay=100, reconnectionDelayMax=200)
+        proxy, a, _ = await behind_proxy(nursery, node, cluster.nodes[0].url)
         b = await join(node, "b", cluster.nodes[1].url, transports=["websocket"])
         room = await pair(a, b, cluster.nodes[1].url)
         proxy.target = port_of(cluster.nodes[1].url)  # where the client comes back
@@ -278,7 +228,7 @@ async def test_back_on_another_node_after_its_node_was_killed(
         # Declared lost: the partner's node now keeps what it relays to the person.
         with trio.fail_after(DEADLINE):
             for n in range(3):
-                assert await call(b, "newMessage", {"message": f"away {n}"}) == {"ok": True}
+                assert await b.call("newMessage", {"message": f"away {n}"}) == {"ok": True}
         proxy.refusing = False
         with trio.fail_after(TIMEOUT * 3 + DEADLINE):
             line = await a.wait("connect")
@@ -290,13 +240,13 @@ async def test_back_on_another_node_after_its_node_was_killed(
         assert texts(a) == ["away 0", "away 1", "away 2"]
         # In the same call, now on the surviving node: relays both ways, and stop.
         with trio.fail_after(DEADLINE):
-            assert await call(b, "newMessage", {"message": "still there?"}) == {"ok": True}
+            assert await b.call("newMessage", {"message": "still there?"}) == {"ok": True}
             await a.wait("event", "Message:recived", from_(b))
-            assert await call(a, "newMessage", {"message": "yes"}) == {"ok": True}
+            assert await a.call("newMessage", {"message": "yes"}) == {"ok": True}
             await b.wait("event", "Message:recived", from_(a))
         assert told(b) == ["match-done"]
         with trio.fail_after(DEADLINE):
-            assert await call(b, "stop-call", {"roomId": room}) == {"ok": True}
+            assert await b.call("stop-call", {"roomId": room}) == {"ok": True}
             await a.wait("event", "stop-by-remote-user")
 
 
@@ -304,12 +254,9 @@ async def test_a_queued_person_keeps_their_place_away_and_on_another_node(
         nursery: trio.Nursery, redis: RedisServer, node: NodeClient) -> None:
     async with make_cluster(nursery, redis, 2) as cluster:
         old, new = cluster.nodes[0].url, cluster.nodes[1].url
-        proxy = CuttingProxy(port_of(old))
-        proxied = await nursery.start(proxy.run)
-        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
-                       reconnectionDelay=100, reconnectionDelayMax=200)
+        proxy, a, _ = await behind_proxy(nursery, node, old)
         with trio.fail_after(DEADLINE):
-            assert await call(a, "request-room", {"name": "Ann"}) == {"ok": True}
+            assert await a.call("request-room", {"name": "Ann"}) == {"ok": True}
             await queued(new, 1)
             proxy.refusing = True
             proxy.cut()
@@ -317,7 +264,7 @@ async def test_a_queued_person_keeps_their_place_away_and_on_another_node(
         # Away: nobody is paired with Ann; Cat queues behind her.
         c = await join(node, "c", new, transports=["websocket"])
         with trio.fail_after(DEADLINE):
-            assert await call(c, "request-room", {"name": "Cat"}) == {"ok": True}
+            assert await c.call("request-room", {"name": "Cat"}) == {"ok": True}
             await queued(new, 2)
         proxy.target = port_of(new)
         proxy.refusing = False
@@ -328,7 +275,7 @@ async def test_a_queued_person_keeps_their_place_away_and_on_another_node(
             match = await a.receive("match-done")
             assert match["remoteUserDetails"]["socket"] == c.sid and match["initiator"]
             assert (await c.receive("match-done"))["remoteUserDetails"]["socket"] == a.sid
-            assert await call(c, "newMessage", {"message": "hi Ann"}) == {"ok": True}
+            assert await c.call("newMessage", {"message": "hi Ann"}) == {"ok": True}
             await a.wait("event", "Message:recived", from_(c))
 
 
@@ -339,10 +286,7 @@ async def test_a_silent_connection_recovers_on_another_node(
     the old connection there)."""
     async with make_cluster(nursery, redis, 2, ping_interval=1, ping_timeout=1) as cluster:
         old, new = cluster.nodes[0].url, cluster.nodes[1].url
-        proxy = CuttingProxy(port_of(old))
-        proxied = await nursery.start(proxy.run)
-        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
-                       reconnectionDelay=100, reconnectionDelayMax=200)
+        proxy, a, _ = await behind_proxy(nursery, node, old)
         b = await join(node, "b", new, transports=["websocket"])
         await pair(a, b, new)
         sender = Sender(b)
@@ -354,10 +298,7 @@ async def test_a_silent_connection_recovers_on_another_node(
                 proxy.go_silent()
                 line = await a.wait("connect")
             assert line["recovered"] is True and line["sid"] == a.sid
-            with trio.fail_after(DEADLINE):
-                count = len(sender.sent)
-                while len(sender.sent) < count + 20:
-                    await a.wait("event", "Message:recived")
+            await flowing(a, sender)
             sender.stop.set()
         await caught_up(a, sender)
         assert texts(a) == sender.sent
@@ -371,10 +312,7 @@ async def test_a_client_of_a_draining_node_recovers_on_another(
     record from the draining one."""
     async with make_cluster(nursery, redis, 2, drain_timeout=600) as cluster:
         old, new = cluster.nodes[0], cluster.nodes[1].url
-        proxy = CuttingProxy(port_of(old.url))
-        proxied = await nursery.start(proxy.run)
-        a = await join(node, "a", proxied, transports=["websocket"], reconnection=True,
-                       reconnectionDelay=100, reconnectionDelayMax=200)
+        proxy, a, _ = await behind_proxy(nursery, node, old.url)
         b = await join(node, "b", new, transports=["websocket"])
         room = await pair(a, b, new)
         assert old.process is not None
@@ -389,8 +327,8 @@ async def test_a_client_of_a_draining_node_recovers_on_another(
         line = await moved_recovery(a, proxy, port_of(new))
         assert line["recovered"] is True and line["sid"] == a.sid
         with trio.fail_after(DEADLINE):
-            assert await call(b, "newMessage", {"message": "drained"}) == {"ok": True}
+            assert await b.call("newMessage", {"message": "drained"}) == {"ok": True}
             await a.wait("event", "Message:recived", from_(b))
-            assert await call(a, "stop-call", {"roomId": room}) == {"ok": True}
+            assert await a.call("stop-call", {"roomId": room}) == {"ok": True}
             await b.wait("event", "stop-by-remote-user")
         assert told(b) == ["match-done", "stop-by-remote-user"]

@@ -13,11 +13,9 @@ paces what the test sends and when it cuts, never decides an outcome.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-import pytest
 import trio
 
 from liveloop.app import create_app
@@ -33,12 +31,10 @@ from liveloop.client import (
 )
 from liveloop.config import Settings
 
-from .conftest import DEADLINE, Sock, http_get, start_server
+from .conftest import CANDIDATE, DEADLINE, Sock, events, http_get, join, pair, start_server
 from .nodeclient import NodeClient
 from .proxy import CuttingProxy
 
-CANDIDATE = {"candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host",
-             "sdpMid": "0", "sdpMLineIndex": 0}
 CUT_EVERY = 3.0
 CUTS = 10  # 30 s of steady cuts
 RETRYING = {"reconnection": True, "retries": 50, "ack_timeout": 1000}
@@ -58,44 +54,6 @@ async def serve(nursery: trio.Nursery, **overrides: Any) -> Served:
     proxy = CuttingProxy(int(url.rsplit(":", 1)[1]))
     proxied = await nursery.start(proxy.run)
     return Served(url, proxied, proxy)
-
-
-@pytest.fixture
-async def node() -> AsyncIterator[NodeClient]:
-    # Every line a socket receives waits in the driver's channel until the test reads
-    # it; the steady-cut test reads at its end (a few thousand lines).
-    async with NodeClient("node", buffer=20_000) as client:
-        yield client
-
-
-async def join(node: NodeClient, name: str, url: str, **opts: Any) -> Sock:
-    sock = Sock(node, name)
-    with trio.fail_after(DEADLINE):
-        await sock.connect(url, **opts)
-        await sock.wait("connect")
-    return sock
-
-
-async def call(sock: Sock, event: str, payload: Any, **kwargs: Any) -> Any:
-    acked = await sock.client.emit(event, payload, ack=True, socket=sock.name, **kwargs)
-    assert acked is not None
-    return acked[0]
-
-
-async def pair_node(a: Sock, b: Sock) -> str:
-    with trio.fail_after(DEADLINE):
-        assert await call(a, "request-room", {"name": "Ann"}) == {"ok": True}
-        assert await call(b, "request-room", {"name": "Bob"}) == {"ok": True}
-        room: str = (await a.receive("match-done"))["roomId"]
-        await b.receive("match-done")
-    return room
-
-
-def events(sock: Sock, name: str) -> list[dict[str, Any]]:
-    """Every line of event ``name`` this socket received, in order."""
-    sock.unread()
-    return [line for line in sock.log if line.get("type") == "event"
-            and line.get("event") == name]
 
 
 def connects(sock: Sock) -> list[dict[str, Any]]:
@@ -150,10 +108,10 @@ async def test_steady_cuts_lose_and_duplicate_nothing(nursery: trio.Nursery,
     # Three pairs; only each pair's "a" goes through the proxy.
     na = await join(node, "na", served.proxied, **RETRYING)
     nb = await join(node, "nb", served.url)
-    await pair_node(na, nb)
+    await pair(na, nb)
     wa = await join(node, "wa", served.proxied, transports=["websocket"], **RETRYING)
     wb = await join(node, "wb", served.url, transports=["websocket"])
-    await pair_node(wa, wb)
+    await pair(wa, wb)
     la = Reconnecting(served.proxied)
     await nursery.start(la.run)
     async with open_client(served.url) as lb:
@@ -182,7 +140,7 @@ async def test_steady_cuts_lose_and_duplicate_nothing(nursery: trio.Nursery,
                 if done.is_set():
                     return
                 mid = f"{a.name}{n}"
-                assert await call(a, "newMessage", {"message": mid, "id": mid},
+                assert await a.call("newMessage", {"message": mid, "id": mid},
                                   ack_timeout=1.0) == {"ok": True}
                 t.from_a_chat.append(mid)
                 await trio.sleep(0.3)
@@ -232,12 +190,12 @@ async def test_steady_cuts_lose_and_duplicate_nothing(nursery: trio.Nursery,
         # Barrier: a last chat each way, after everything else each side sent.
         with trio.fail_after(DEADLINE):
             for a, b, t in ((na, nb, traffic["node"]), (wa, wb, traffic["ws"])):
-                assert await call(b, "newMessage", {"message": "end", "id": "end-b"}) == {
+                assert await b.call("newMessage", {"message": "end", "id": "end-b"}) == {
                     "ok": True}
                 t.to_a_chat.append("end-b")
                 await a.wait("event", "Message:recived",
                              lambda line: line["args"][0].get("id") == "end-b")
-                assert await call(a, "newMessage", {"message": "end", "id": "end-a"},
+                assert await a.call("newMessage", {"message": "end", "id": "end-a"},
                                   ack_timeout=1.0) == {"ok": True}
                 t.from_a_chat.append("end-a")
                 await b.wait("event", "Message:recived",
@@ -295,7 +253,7 @@ async def test_a_cut_longer_than_the_window_ends_the_call(nursery: trio.Nursery,
                          ping_timeout=1.0)
     a = await join(node, "a", served.proxied, transports=["websocket"], reconnection=True)
     b = await join(node, "b", served.url, transports=["websocket"])
-    await pair_node(a, b)
+    await pair(a, b)
     # A closed connection: the server notices at once, the partner hears after the window.
     served.proxy.refusing = True
     served.proxy.cut()
@@ -315,10 +273,10 @@ async def test_a_cut_longer_than_the_window_ends_the_call(nursery: trio.Nursery,
     # Silent: nothing is closed, the heartbeat finds out (ping interval + timeout), then
     # the window passes.
     with trio.fail_after(DEADLINE):
-        assert await call(b, "stop-call", {}) == {"ok": True}  # Bob leaves the queue
+        assert await b.call("stop-call", {}) == {"ok": True}  # Bob leaves the queue
     c = await join(node, "c", served.url, transports=["websocket"])
     d = await join(node, "d", served.proxied, transports=["websocket"])
-    await pair_node(c, d)
+    await pair(c, d)
     served.proxy.refusing = True
     served.proxy.go_silent()
     start = trio.current_time()
@@ -334,7 +292,7 @@ async def test_recovery_after_long_polling_is_cut(nursery: trio.Nursery,
     served = await serve(nursery, ping_interval=1.0, ping_timeout=1.0)
     a = await join(node, "a", served.proxied, transports=["polling"], reconnection=True)
     b = await join(node, "b", served.url)
-    await pair_node(a, b)
+    await pair(a, b)
     with trio.fail_after(DEADLINE):
         served.proxy.refusing = True
         served.proxy.cut()
@@ -342,7 +300,7 @@ async def test_recovery_after_long_polling_is_cut(nursery: trio.Nursery,
         for n in range(3):
             await b.emit("send-new-ice-candidates", {"candidate": {**CANDIDATE,
                                                                    "sdpMid": str(n)}})
-        assert await call(b, "newMessage", {"message": "hi"}) == {"ok": True}
+        assert await b.call("newMessage", {"message": "hi"}) == {"ok": True}
         served.proxy.refusing = False
         line = await a.wait("connect")
         assert line["recovered"] is True and line["sid"] == a.sid
@@ -356,7 +314,7 @@ async def test_the_official_clients_retries_make_no_duplicates(nursery: trio.Nur
     served = await serve(nursery)
     a = await join(node, "a", served.proxied, transports=["websocket"], **RETRYING)
     b = await join(node, "b", served.url, transports=["websocket"])
-    await pair_node(a, b)
+    await pair(a, b)
     async with trio.open_nursery() as cutting:
         async def cut_soon() -> None:
             for _ in range(3):
@@ -366,7 +324,7 @@ async def test_the_official_clients_retries_make_no_duplicates(nursery: trio.Nur
         cutting.start_soon(cut_soon)
         for n in range(12):
             with trio.fail_after(DEADLINE):
-                assert await call(a, "newMessage", {"message": str(n), "id": f"m{n}"},
+                assert await a.call("newMessage", {"message": str(n), "id": f"m{n}"},
                                   ack_timeout=0.3) == {"ok": True}
     with trio.fail_after(DEADLINE):
         await b.wait("event", "Message:recived", lambda line: line["args"][0]["id"] == "m11")
@@ -380,7 +338,7 @@ async def test_python_socketio_with_and_without_the_opt_out(nursery: trio.Nurser
         plain = await join(py, "plain", served.url, transports=["websocket"])
         opted = await join(py, "opted", served.url, transports=["websocket"],
                            auth={"recovery": False})
-        await pair_node(plain, opted)
+        await pair(plain, opted)
         with trio.fail_after(DEADLINE):
             await plain.emit("newMessage", {"message": "hi"})
             raw_plain = await py.next("event", "Message:recived", socket="plain")
@@ -395,13 +353,13 @@ async def test_recovery_after_an_upgrade(nursery: trio.Nursery, node: NodeClient
     served = await serve(nursery)
     a = await join(node, "a", served.proxied, reconnection=True)  # polling, then upgrade
     b = await join(node, "b", served.url)
-    await pair_node(a, b)
+    await pair(a, b)
     with trio.fail_after(DEADLINE):
         await a.wait("upgrade")
         served.proxy.refusing = True
         served.proxy.cut()
         await a.wait("disconnect")
-        assert await call(b, "newMessage", {"message": "after the upgrade"}) == {"ok": True}
+        assert await b.call("newMessage", {"message": "after the upgrade"}) == {"ok": True}
         served.proxy.refusing = False
         line = await a.wait("connect")
         assert line["recovered"] is True and line["sid"] == a.sid

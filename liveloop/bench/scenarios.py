@@ -236,11 +236,7 @@ class Worker:
         await self._slots.acquire()
         released = False
         try:
-            # Several servers (nodes sharing Redis): clients take them in turn.
-            urls = self.config.url.split(",")
-            url = urls[(self._opened + self.index) % len(urls)]
-            self._opened += 1
-            async with open_client(url, max_events=max_events) as client:
+            async with open_client(self._next_url(), max_events=max_events) as client:
                 self._slots.release()
                 released = True
                 self._count(0)
@@ -248,6 +244,14 @@ class Worker:
         finally:
             if not released:
                 self._slots.release()
+
+    def _next_url(self) -> str:
+        """The server for the next connection: several (nodes sharing Redis, comma-
+        separated in ``--url``) are taken in turn, each worker starting at its own."""
+        urls = self.config.url.split(",")
+        url = urls[(self._opened + self.index) % len(urls)]
+        self._opened += 1
+        return url
 
     # -- relay ---------------------------------------------------------------------------
 
@@ -362,7 +366,8 @@ class Worker:
             await self.leave.wait()
 
     async def _slowhead_client(self, index: int) -> None:
-        host, _, port = self.config.url.removeprefix("http://").rstrip("/").rpartition(":")
+        url = self._next_url()
+        host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
         async with self._slots:
             stream = await trio.open_tcp_stream(host, int(port))
         async with stream:

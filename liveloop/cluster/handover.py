@@ -44,6 +44,7 @@ import trio
 
 from ..config import Settings
 from ..messages import Deliver, Fence, MatchmakerMessage, PartnerMoved, RoomEnded, RoomMessage
+from ..peerstate import CallState, PeerState, Phase
 from ..server.api import Socket
 from ..server.recovery import Exported, Exporter, MemoryStore, new_pid
 from . import notices as wire
@@ -212,13 +213,11 @@ class HandoverMixin:
         if not found:
             return None
         state, ticket, name, image, room, partner, partner_node = (str(f) for f in found)
-        peer: dict[str, Any] = {
-            "phase": "queued" if state == "q" else "in room", "ticket": int(ticket),
-            "member": [name, image], "limits": [None, [], []], "seen": [], "turn": None}
-        if state == "r":
-            peer["call"] = [room, partner, "", "", partner_node]
+        peer = PeerState(
+            Phase.QUEUED if state == "q" else Phase.IN_ROOM, int(ticket), (name, image),
+            call=CallState(room, partner, "", "", partner_node) if state == "r" else None)
         log.info("node %s: reclaimed %s from lost node %s", self.node_id, parts[1], owner)
-        return Exported(pid, parts[1], namespace, 0, (), peer)
+        return Exported(pid, parts[1], namespace, 0, (), peer.to_json())
 
     def _answered(self, notice: HandoverNotice) -> None:
         claim = self._claims.get(notice.token)

@@ -16,6 +16,14 @@ write (``ClosedResourceError``, which hypercorn's sender catches). It also wraps
 h11's ``LocalProtocolError`` escaping on WebSocket upgrades followed by garbage) ends
 that connection alone, with one line at INFO, instead of the worker. Both rely on the
 private interfaces of the hypercorn versions :mod:`.frontdoor` is pinned to.
+
+Why the race is guarded twice: :func:`patch` is applied only when hypercorn hosts the
+app (``RootApp``'s lifespan under ``hypercorn -k trio``), where hypercorn makes each
+connection's stream and a patch of its class is the only way in. Under ``liveloop
+serve`` the front door makes the stream it hands hypercorn (:class:`~.frontdoor._Replay`,
+which it needs anyway to replay the request head), so the guard lives in that stream and
+hypercorn's classes stay unpatched; and a connection's failure there is the front
+door's to log (``Server.handle``), not this module's.
 """
 
 from __future__ import annotations

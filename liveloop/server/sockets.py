@@ -401,14 +401,22 @@ class Recovery:
             self._metrics.away.dec()
             if ends_here:
                 # Expired, given up, or cancelled (the server is shutting down).
-                self._metrics.recoveries.labels("failed").inc()
-                gone = away.gone = away.gone or DisconnectReason.SERVER_SHUTDOWN
-                socket._close()
-                if handler is not None:
-                    with trio.CancelScope(shield=True) as scope:
-                        scope.deadline = trio.current_time() + DISCONNECT_GRACE
-                        await handler.on_disconnect(gone)
+                await self._end(socket, away, handler,
+                                away.gone or DisconnectReason.SERVER_SHUTDOWN)
             away.handed.set()
+
+    async def _end(self, socket: NamespaceSocket, away: _Away,
+                   handler: SocketHandler | None, reason: str) -> None:
+        """End away ``socket`` for good, as a failed recovery: closed, its record
+        forgotten, and its handler told ``reason`` (shielded: also when cancelled, for at
+        most ``DISCONNECT_GRACE``)."""
+        away.gone = reason
+        socket._close()
+        self._metrics.recoveries.labels("failed").inc()
+        if handler is not None:
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + DISCONNECT_GRACE
+                await handler.on_disconnect(reason)
 
     async def resume(self, auth: dict[str, Any], namespace: str, session: EngineSession
                      ) -> NamespaceSocket | None:
@@ -482,13 +490,7 @@ class Recovery:
         forward = hand_over(exported)
         socket._away = None
         if forward is None:  # it could not be sent: the person is gone here
-            away.gone = DisconnectReason.TRANSPORT_CLOSE
-            socket._close()
-            self._metrics.recoveries.labels("failed").inc()
-            if handler is not None:
-                with trio.CancelScope(shield=True) as scope:
-                    scope.deadline = trio.current_time() + DISCONNECT_GRACE
-                    await handler.on_disconnect(DisconnectReason.TRANSPORT_CLOSE)
+            await self._end(socket, away, handler, DisconnectReason.TRANSPORT_CLOSE)
             return False
         socket._close()  # forgets the record: the other node holds it now
         socket._forward = forward
