@@ -11,7 +11,8 @@ and ends the worker process: one request in about fifteen of that kind stops the
 
 :func:`patch` replaces ``TCPServer._close`` with one that sends the EOF under the send
 lock, or, when a write holds the lock, skips it: the ``aclose`` that follows ends that
-write (``ClosedResourceError``, which hypercorn's sender catches). It also wraps
+write (``ClosedResourceError``, which hypercorn's sender catches); cancelled (the
+worker's shutdown), it skips the EOF and still closes. It also wraps
 ``TCPServer.run``: any other error that escapes one connection (the fuzz test found
 h11's ``LocalProtocolError`` escaping on WebSocket upgrades followed by garbage) ends
 that connection alone, with one line at INFO, instead of the worker. Both rely on the
@@ -50,13 +51,21 @@ def patch() -> None:
         return
 
     async def _close(self: Any) -> None:
-        if not self.send_lock.locked():
-            async with self.send_lock:
-                # AttributeError: a TLS stream has no EOF (as hypercorn's own _close).
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
-                                         trio.BusyResourceError, AttributeError):
-                    await self.stream.send_eof()
-        await self.stream.aclose()
+        # aclose in a finally: cancelled (the worker's shutdown cancels every connection,
+        # whose run() closes in its finally), taking the lock or send_eof raises Cancelled,
+        # and the stream stayed open until trio's serve_listeners closed it. Trio's aclose
+        # closes even when cancelled (forcefully), so every path closes here. (hypercorn's
+        # own _close skips a TCP stream's aclose that way too: send_eof checkpoints first.)
+        try:
+            if not self.send_lock.locked():
+                async with self.send_lock:
+                    # AttributeError: a TLS stream has no EOF (as hypercorn's own _close).
+                    with contextlib.suppress(trio.BrokenResourceError,
+                                             trio.ClosedResourceError,
+                                             trio.BusyResourceError, AttributeError):
+                        await self.stream.send_eof()
+        finally:
+            await self.stream.aclose()
 
     run = TCPServer.run
 
