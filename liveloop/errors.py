@@ -23,6 +23,7 @@ class ErrorCode(enum.StrEnum):
     NOT_IN_ROOM = "not-in-room"
     RATE_LIMITED = "rate-limited"
     QUEUE_FULL = "queue-full"
+    UNAVAILABLE = "unavailable"
     UNKNOWN_EVENT = "unknown-event"
 
 

@@ -16,12 +16,13 @@ Who sends what, and through which channel:
   :class:`Deliver`, a relayed event. A room's members are fixed for its life, so the
   sender reaches its partner without a hop through the room's task.
 
-:class:`Enqueue`, :class:`Withdraw` and :class:`Hangup` may carry ``applied``, an event
-the shared state sets once the change is applied where every node sees it (with Redis:
-the script has run). The one mutable thing in a message, on purpose: it is how a
-connection acks its client only after the change is done (docs/events.md, "What an ack
-means"). The in-process matchmaker and rooms never need it (their mailboxes' order is the
-order of changes), and it is None there.
+:class:`Enqueue`, :class:`Withdraw` and :class:`Hangup` may carry ``applied``, a
+:class:`Receipt` the shared state sets once the change is applied where every node sees
+it (with Redis: the script has run), or once it could not be (Redis out of reach:
+``failed``). The one mutable thing in a message, on purpose: it is how a connection acks
+its client only after the change is done, and refuses the ack when it could not be
+(docs/events.md, "What an ack means"). The in-process matchmaker and rooms never need it
+(their mailboxes' order is the order of changes), and it is None there.
 """
 
 from __future__ import annotations
@@ -34,6 +35,31 @@ import trio
 
 from .errors import ErrorCode
 from .server.api import Socket
+
+
+class Receipt:
+    """What a connection waits for before acking a change: set once, when the change is
+    applied or will not be (see the module's docstring). ``failed`` says the shared state
+    could not be reached for it: whether it happened is unknown, and the node drops its
+    clients at its next heartbeat (docs/cluster.md, "A lost node")."""
+
+    __slots__ = ("_done", "failed")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self.failed = False
+
+    def set(self, *, failed: bool = False) -> None:
+        """The change is applied, or nobody will apply it; the first call decides."""
+        if not self._done.is_set():
+            self.failed = failed
+            self._done.set()
+
+    def is_set(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
 
 
 @attrs.frozen
@@ -64,7 +90,7 @@ class Enqueue:
 
     member: Member
     ticket: int
-    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    applied: Receipt | None = attrs.field(default=None, eq=False, repr=False)
     """Set once the change is applied (see the module's docstring), if given."""
 
 
@@ -83,7 +109,7 @@ class Withdraw:
 
     sid: str
     reason: HangupReason
-    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    applied: Receipt | None = attrs.field(default=None, eq=False, repr=False)
     """Set once the change is applied (see the module's docstring), if given."""
 
 
@@ -122,12 +148,13 @@ class Arrived:
 MatchmakerMessage = Enqueue | Avoid | Withdraw | RoomClosed | Returned | Away | Arrived
 
 
-def release(message: object) -> None:
+def release(message: object, *, failed: bool = False) -> None:
     """Set ``message``'s ``applied`` if it has one: it is applied, or nobody will apply
-    it (its room has ended, the matchmaker has stopped), so its sender need not wait."""
+    it (its room has ended, the matchmaker has stopped), so its sender need not wait;
+    ``failed``: Redis could not be reached for it (the sender's ack is then refused)."""
     applied = getattr(message, "applied", None)
     if applied is not None:
-        applied.set()
+        applied.set(failed=failed)
 
 
 # -- to a room -------------------------------------------------------------------------
@@ -139,7 +166,7 @@ class Hangup:
 
     sender: str
     reason: HangupReason
-    applied: trio.Event | None = attrs.field(default=None, eq=False, repr=False)
+    applied: Receipt | None = attrs.field(default=None, eq=False, repr=False)
     """Set once the change is applied (see the module's docstring), if given."""
 
 

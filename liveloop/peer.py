@@ -55,6 +55,7 @@ from .messages import (
     MatchmakerMessage,
     Member,
     PartnerMoved,
+    Receipt,
     Refused,
     Returned,
     RoomEnded,
@@ -77,6 +78,10 @@ the client's ack timeout times its retries, far fewer events than this later."""
 
 HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
+
+UNAVAILABLE = ("the server could not record this change (its shared state is out of reach) "
+               "and will close this connection: reconnect, then try again")
+"""The ``unavailable`` refusal's message (docs/events.md, "What an ack means")."""
 
 
 @runtime_checkable
@@ -136,9 +141,9 @@ class Peer:
         # This connection's id in TURN usernames; made on the first get-ice-servers.
         self._turn_id: str | None = None
         self._confirm = confirm
-        # While an event is handled with `confirm`: the `applied` events its changes
-        # carry, all waited for before its ack.
-        self._receipts: list[trio.Event] | None = None
+        # While an event is handled with `confirm`: the receipts its changes carry
+        # (`applied`), all waited for before its ack.
+        self._receipts: list[Receipt] | None = None
         self._arrived = False
         """Restored from another node's export: the matchmaker is told on recovery."""
 
@@ -166,8 +171,10 @@ class Peer:
         process, once the matchmaker or room has the message (their mailboxes order
         every change); with ``confirm`` (shared state in Redis), once each change's
         script has run, so an event another client sends after this ack, to any node,
-        is ordered after it (docs/events.md, "What an ack means")."""
-        receipts: list[trio.Event] | None = [] if self._confirm else None
+        is ordered after it (docs/events.md, "What an ack means"). A change whose script
+        failed, or that is not confirmed within ``node_timeout``, refuses the event
+        ``unavailable`` instead (whatever else it was answered)."""
+        receipts: list[Receipt] | None = [] if self._confirm else None
         self._receipts = receipts
         error: LiveLoopError | None = None
         answer: dict[str, object] | None = None
@@ -182,11 +189,14 @@ class Peer:
         finally:
             self._receipts = None
         if receipts:
-            # Bounded: a change the node could not apply makes it drop its clients
-            # within node_timeout; it always sets these first (cluster/node.py).
+            # Bounded: a change the node could not apply fails its receipt, and the node
+            # drops its clients at its next heartbeat (cluster/node.py); one still
+            # waiting after node_timeout is stuck behind a Redis out of reach as well.
             with trio.move_on_after(self._settings.node_timeout):
                 for receipt in receipts:
                     await receipt.wait()
+            if any(receipt.failed or not receipt.is_set() for receipt in receipts):
+                error = LiveLoopError(ErrorCode.UNAVAILABLE, UNAVAILABLE)
         if error is not None:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
@@ -479,12 +489,13 @@ class Peer:
         self._phase = Phase.QUEUED
         await self._tell_matchmaker(Enqueue(member, self._ticket, self._receipt()))
 
-    def _receipt(self) -> trio.Event | None:
-        """An event for the shared state to set once the change about to be sent is
-        applied, if the current event's ack waits for that (:meth:`on_event`)."""
+    def _receipt(self) -> Receipt | None:
+        """A receipt for the shared state to set once the change about to be sent is
+        applied (or failed), if the current event's ack waits for that
+        (:meth:`on_event`)."""
         if self._receipts is None:
             return None
-        applied = trio.Event()
+        applied = Receipt()
         self._receipts.append(applied)
         return applied
 

@@ -541,3 +541,61 @@ async def test_node_cut_off_from_redis_drops_its_clients(nursery: trio.Nursery,
         with trio.fail_after(DEADLINE):
             await nodes_registered(cluster)
         await pair(cluster, 1, 0)
+
+
+UNREACHABLE_TIMEOUT = 20
+"""LIVELOOP_NODE_TIMEOUT where a test cuts a node off Redis and waits for its answers: the
+node drops its clients only after half of it (10 s) without reaching Redis, far longer
+than a refused ack takes even on a busy machine; once Redis is back, a dirty node drops
+them at its next heartbeat (timeout/6, 3.3 s at most)."""
+
+
+@pytest.mark.parametrize("in_call", [False, True], ids=["queued", "in-a-call"])
+async def test_a_change_redis_never_got_is_refused_unavailable(
+        nursery: trio.Nursery, redis: RedisServer, in_call: bool) -> None:
+    """Node 0's link to Redis is cut, and new connections refused, just before Ann (on
+    node 0) stops: waiting in the queue (her Withdraw fails in the node's batch) or in a
+    call with Bob on node 1 (her Hangup's LEAVE fails). Her ack is the refusal
+    ``unavailable``, not ``{ok: true}``, and ``error-message`` says so; her connection
+    still answers until node 0 drops its clients, at its first heartbeat once Redis
+    takes connections again. Reconnected, she asks again and is served."""
+    from liveloop.client.api import ServerError
+
+    proxy = CuttingProxy(redis.port)
+    port = (await nursery.start(proxy.run)).rsplit(":", 1)[1]
+    async with make_cluster(nursery, redis, count=2, node_timeout=UNREACHABLE_TIMEOUT,
+                            urls={0: f"redis://127.0.0.1:{port}"}) as cluster, \
+            cluster.session():
+        if in_call:
+            a, b = await pair(cluster, 0, 1)
+        else:
+            a = await cluster.client(0)
+            with trio.fail_after(DEADLINE):
+                (await a.request_room("Ann")).raise_for_error()
+        proxy.refusing = True
+        assert proxy.cut() > 0
+        with trio.fail_after(DEADLINE):
+            ack = await a.stop_call()
+            error = await a.wait_for(ServerError)
+        assert not ack.ok and ack.error is not None
+        assert ack.error.code == "unavailable"
+        assert (error.code, error.event) == ("unavailable", "stop-call")
+        assert error.message == ack.error.message
+        with trio.fail_after(DEADLINE):
+            # Still served: an event that needs no Redis is answered as usual.
+            answer = await a.sio.call("get-ice-servers")
+        assert answer[0]["ok"] is True
+        proxy.refusing = False
+        with trio.fail_after(DEADLINE), pytest.raises(Disconnected):
+            while True:
+                await a.receive()
+        if in_call:
+            with trio.fail_after(DEADLINE):
+                await b.wait_for(RemoteStopped)  # the node's drop ended the call
+        again = await cluster.client(0)
+        with trio.fail_after(DEADLINE):
+            (await again.request_room("Ann")).raise_for_error()
+            if in_call:  # Bob, re-queued, is paired with her new session
+                assert (await again.next_match()).remote_name == "Bob"
+            else:  # her old place is gone: she is queued once
+                await cluster.status_until(1, lambda s: s["queue"]["users"] == ["Ann"])

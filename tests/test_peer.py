@@ -537,3 +537,67 @@ def test_a_peer_state_survives_its_json(state: PeerState) -> None:
 
 def client_names(*clients: FakeClient) -> list[list[str]]:
     return [c.names() for c in clients]
+
+
+# -- acks that wait for the shared state (several nodes on Redis: ``confirm``) ----------
+
+
+async def confirming_peer() -> tuple[Peer, FakeSocket,
+                                     trio.MemoryReceiveChannel[MatchmakerMessage]]:
+    """A lone peer whose acks wait for its changes' receipts, as with Redis."""
+    send, receive = trio.open_memory_channel[MatchmakerMessage](math.inf)
+    socket = FakeSocket("s1")
+    namespace = LiveLoopNamespace(Settings(), send, Snapshot, confirm=True)
+    return await namespace.connect(socket, None), socket, receive
+
+
+async def ask_confirmed(peer: Peer, mailbox: trio.MemoryReceiveChannel[MatchmakerMessage],
+                        event: str, payload: dict[str, Any], outcome: str) -> list[Any]:
+    """Send ``event``; the shared state applies its change (``outcome`` "applied"),
+    fails to ("failed") or never answers ("never"). Returns the acks sent."""
+    from liveloop.messages import release
+
+    acks: list[Any] = []
+
+    def ack(*args: Any) -> None:
+        acks.extend(args)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(peer.on_event, event, [payload], ack)
+        message = await mailbox.receive()
+        await trio.testing.wait_all_tasks_blocked()
+        assert acks == [], "acked before the shared state answered"
+        if outcome != "never":
+            release(message, failed=outcome == "failed")
+    return acks
+
+
+@pytest.mark.parametrize("outcome", ["applied", "failed", "never"])
+async def test_a_change_redis_could_not_apply_is_refused_unavailable(
+        clock: MockClock, outcome: str) -> None:
+    from liveloop.peer import UNAVAILABLE
+
+    peer, socket, mailbox = await confirming_peer()
+    acks = await ask_confirmed(peer, mailbox, "request-room", {"name": "Ann"}, outcome)
+    if outcome == "applied":
+        assert acks == [OK]
+        assert socket.emitted == []
+    else:  # a failed script, or none confirmed within node_timeout
+        assert acks == [error_ack("unavailable")]
+        assert acks[0]["error"]["message"] == UNAVAILABLE
+        assert socket.emitted == [("error-message", [
+            {"code": "unavailable", "message": UNAVAILABLE, "event": "request-room"}])]
+    # The connection is served as before (until the node drops it).
+    acks = await ask_confirmed(peer, mailbox, "stop-call", {}, "applied")
+    assert acks == [OK]
+    assert peer.phase is Phase.IDLE
+
+
+async def test_unavailable_wins_over_invalid_room(clock: MockClock) -> None:
+    # A stale roomId is invalid-room "and queued anyway": not if the queueing failed.
+    peer, socket, mailbox = await confirming_peer()
+    acks = await ask_confirmed(peer, mailbox, "request-room",
+                               {"name": "Ann", "roomId": "gone"}, "failed")
+    assert acks == [error_ack("unavailable")]
+    assert [(name, args[0]["code"]) for name, args in socket.emitted] == [
+        ("error-message", "unavailable")]

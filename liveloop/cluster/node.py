@@ -22,7 +22,8 @@ Relays between people on two nodes are one PUBLISH on the partner's node's chann
 partner's node is in the :class:`RemoteSocket` made when the room was, so no lookup.
 
 Failure policy: if Redis cannot be reached at start, :meth:`run` raises. Afterwards a
-failed command is logged and marks the node *dirty*; a node that is dirty, that finds
+failed command is logged and marks the node *dirty* (if it was a connection's change,
+that connection's ack is refused ``unavailable``); a node that is dirty, that finds
 its liveness gone (declared lost, or Redis restarted empty) or that has not reached
 Redis for ``node_timeout`` drops its clients (they reconnect, possibly elsewhere) and
 registers afresh, first clearing whatever it left in Redis. docs/cluster.md has the
@@ -220,15 +221,18 @@ class ClusterMatchmaker(HandoverMixin):
                 await self._handle(batch)
 
     async def _handle(self, batch: list[MatchmakerMessage]) -> None:
+        failed = False
         try:
-            await self._handle_batch(batch)
+            failed = not await self._handle_batch(batch)
         finally:
             # Each sender's ack waits for this (docs/events.md, "What an ack means"). On
-            # a failure too: the node is then dirty and drops its clients.
+            # a failure too, which refuses the ack: the node is then dirty and drops its
+            # clients.
             for message in batch:
-                release(message)
+                release(message, failed=failed)
 
-    async def _handle_batch(self, batch: list[MatchmakerMessage]) -> None:
+    async def _handle_batch(self, batch: list[MatchmakerMessage]) -> bool:
+        """Run the batch's scripts and act on their results; False if Redis failed."""
         now = trio.current_time()
         for message in batch:
             if isinstance(message, Enqueue):
@@ -247,7 +251,7 @@ class ClusterMatchmaker(HandoverMixin):
             log.warning("node %s: %d changes failed (%r); dropping clients", self.node_id,
                         len(batch), error)
             self._dirty = True
-            return
+            return False
         found: list[PersonNotice] = []
         for message, result in zip(batch, results, strict=True):
             if result is None:
@@ -260,6 +264,7 @@ class ClusterMatchmaker(HandoverMixin):
                         "the queue is full, try again later"))
             found.extend(wire.from_script(result))
         await self._apply(found)
+        return True
 
     def _command(self, message: MatchmakerMessage, pipe: Any) -> Any:
         """The pipelined command for ``message`` (an awaitable result), or None."""
@@ -359,14 +364,15 @@ class ClusterMatchmaker(HandoverMixin):
         if len(self._ended_rooms) > ENDED_REMEMBERED:
             del self._ended_rooms[next(iter(self._ended_rooms))]
 
-    def _close_room(self, room_id: str) -> None:
+    def _close_room(self, room_id: str, *, failed: bool = False) -> None:
         room = self._rooms.pop(room_id, None)
         if room is not None:
             # A Hangup still waiting here finds its room ended already: its sender's
-            # ack may go (the room is gone in Redis, or the node drops its clients).
+            # ack may go (the room is gone in Redis), refused if ``failed`` (Redis could
+            # not be reached for the room: the node drops its clients).
             while True:
                 try:
-                    release(room.receive.receive_nowait())
+                    release(room.receive.receive_nowait(), failed=failed)
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
                     break
             room.receive.close()  # senders now fail at once; the room's task ends
@@ -378,13 +384,15 @@ class ClusterMatchmaker(HandoverMixin):
             message: Hangup = await room.receive.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return
+        failed = False
         try:
             result = await self._change("LEAVE", (message.sender, room.room_id))
+            failed = result is None
             if result is not None:
                 await self._apply(wire.from_script(result))
         finally:
-            release(message)
-            self._close_room(room.room_id)
+            release(message, failed=failed)
+            self._close_room(room.room_id, failed=failed)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -618,7 +626,7 @@ class ClusterMatchmaker(HandoverMixin):
         sockets, self._sockets = self._sockets, {}
         self._queued_at.clear()
         for room_id in list(self._rooms):
-            self._close_room(room_id)
+            self._close_room(room_id, failed=True)
         for socket in sockets.values():
             socket.drop()  # the transport closes: the official client reconnects by itself
 

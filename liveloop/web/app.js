@@ -29,6 +29,7 @@ const ERROR_WORDS = {
   "not-in-room": () => "You are not in a call.",
   "rate-limited": (e) => `Too fast: you can do that again in ${Math.ceil(e.retryAfter)} seconds.`,
   "queue-full": () => "Too many people are waiting right now. Try again in a moment.",
+  unavailable: () => "The server could not do that just now. It will reconnect you; then try again.",
   "unknown-event": () => "The server did not understand this page. Reload it.",
 };
 
