@@ -589,6 +589,10 @@ async def test_a_change_redis_never_got_is_refused_unavailable(
         with trio.fail_after(DEADLINE), pytest.raises(Disconnected):
             while True:
                 await a.receive()
+        if not in_call:
+            # The node cleared what it left in Redis before it dropped her, so a client
+            # that reconnects at once cannot be paired with her old place.
+            assert await queued_in_redis(redis) == []
         if in_call:
             with trio.fail_after(DEADLINE):
                 await b.wait_for(RemoteStopped)  # the node's drop ended the call
@@ -599,3 +603,13 @@ async def test_a_change_redis_never_got_is_refused_unavailable(
                 assert (await again.next_match()).remote_name == "Bob"
             else:  # her old place is gone: she is queued once
                 await cluster.status_until(1, lambda s: s["queue"]["users"] == ["Ann"])
+
+
+async def queued_in_redis(redis: RedisServer) -> list[str]:
+    """The socket ids in the shared queue now, read from Redis itself (``/api/status``
+    is a snapshot a heartbeat old)."""
+    import coredis
+
+    client = coredis.Redis.from_url(redis.url, decode_responses=True)
+    async with client:
+        return list(await client.zrange("ll:q", 0, -1))

@@ -597,17 +597,15 @@ class ClusterMatchmaker(HandoverMixin):
     async def _beat(self) -> None:
         await self._check_subscription()  # may make the node dirty
         if self._dirty:
-            self.drop_clients("lost track of the shared state")
+            await self._rejoin("lost track of the shared state")
             self._dirty = False
-            await self._register()
             return
         alive, found = await self._script("HEARTBEAT",
                                           (self.node_id, self._liveness_ms(), 0,
                                            self._window_ms()))
         await self._apply(wire.from_script(found))
         if not alive:
-            self.drop_clients("declared lost")
-            await self._register()
+            await self._rejoin("declared lost")
         self._release_expired()
         self._beaten.set()
         self._beaten = trio.Event()
@@ -615,6 +613,17 @@ class ClusterMatchmaker(HandoverMixin):
             "SWEEP", (SCAN_LIMIT, *(new_room_id() for _ in range(SWEEP_ROOMS))))
         await self._apply(wire.from_script(swept))
         self._snapshot = await self.current()
+
+    async def _rejoin(self, why: str) -> None:
+        """Register afresh, then drop the clients, even if registering fails. In that
+        order: a client that reconnects at once must find none of its old records to be
+        paired with, and a change a client makes while the node registers must not be
+        wiped by the clearing behind its back (it is dropped with the rest, and asks
+        again)."""
+        try:
+            await self._register()
+        finally:
+            self.drop_clients(why)
 
     def drop_clients(self, why: str) -> None:
         """Disconnect everyone queued or placed here: their shared state is gone or
