@@ -12,7 +12,8 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """The whole test suite, the npm reference clients included."""
     session.install("-e", ".[test]")
-    session.run("npm", "ci", "--no-audit", "--no-fund", external=True, cwd="tests/js")
+    with session.chdir("tests/js"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", external=True)
     session.run("pytest", *session.posargs)
 
 
@@ -25,6 +26,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy --strict over the package."""
+    """mypy --strict over the package, the tests, the benchmarks and this file."""
     session.install("-e", ".[dev]")
-    session.run("mypy", "--strict", "liveloop")
+    session.run("mypy", "--strict", "liveloop", "tests", "benchmarks", "noxfile.py")

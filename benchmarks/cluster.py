@@ -249,7 +249,7 @@ def saturation_rows(report: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-METRICS = {
+METRICS: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "relay": [("relayed msg/s", ("relay", "relayed_per_s")),
               ("lost", ("relay", "lost")),
               ("CPU µs/msg, servers + Redis", ("server", "cpu_us_per_msg")),

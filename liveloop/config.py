@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -25,6 +25,12 @@ def _parse_bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(f"not a boolean: {text!r}")
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    """The converter of the tuple fields (``tuple`` itself would type their parameter as
+    an ``Iterable`` of anything)."""
+    return tuple(values)
 
 
 def _upper(text: str) -> str:
@@ -91,7 +97,7 @@ class Settings:
     )
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
-        converter=tuple,
+        converter=_strings,
         metadata={"help": "comma-separated allowed Origins, or *; empty: same origin only"},
     )
     max_sessions: int = attrs.field(
@@ -119,7 +125,7 @@ class Settings:
     )
     trusted_proxies: tuple[str, ...] = attrs.field(
         default=(),
-        converter=tuple,
+        converter=_strings,
         metadata={"help": "comma-separated proxy addresses or CIDRs whose X-Forwarded-For counts"},
     )
     drain_timeout: float = attrs.field(
@@ -159,10 +165,10 @@ class Settings:
 
     # ICE servers handed to clients (get-ice-servers); docs/turn.md
     stun_urls: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple, metadata={"help": "comma-separated stun: URLs"}
+        default=(), converter=_strings, metadata={"help": "comma-separated stun: URLs"}
     )
     turn_urls: tuple[str, ...] = attrs.field(
-        default=(), converter=tuple,
+        default=(), converter=_strings,
         metadata={"help": "comma-separated turn:/turns: URLs (needs a TURN secret)"},
     )
     # repr=False: the secret never reaches a log, even when the settings are printed.
@@ -263,7 +269,7 @@ class Settings:
                         else self.ping_timeout)
         return attrs.evolve(self, ping_interval=ping_interval, ping_timeout=ping_timeout,
                             max_payload=1_000_000,
-                            allowed_origins=("*",),  # type: ignore[arg-type]
+                            allowed_origins=("*",),
                             # The suites handshake hundreds of times from one address.
                             handshakes_per_ip=1_000_000, max_connections_per_ip=1_000_000,
                             recovery_window=0.0)

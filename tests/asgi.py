@@ -89,8 +89,11 @@ class WebSocket:
         if message["type"] == "websocket.close":
             self.close_code = message.get("code", 1000)
             raise EOFError(self.close_code)
-        text = message.get("text")
-        return text if text is not None else message["bytes"]
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        data: bytes = message["bytes"]
+        return data
 
     async def closed(self) -> int:
         """Read frames until the app closes; returns the close code."""

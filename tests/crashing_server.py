@@ -27,7 +27,9 @@ if os.environ.get("CRASH_MATCHMAKER") == "1":
 if __name__ == "__main__":
     host, *args = sys.argv[1:]
     if host == "liveloop":
-        from liveloop.cli import main
-    else:
-        from hypercorn.__main__ import main
-    sys.exit(main(args))
+        from liveloop.cli import main as liveloop_main
+
+        sys.exit(liveloop_main(args))
+    from hypercorn.__main__ import main as hypercorn_main
+
+    sys.exit(hypercorn_main(args))

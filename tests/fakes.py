@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from liveloop.config import Settings
+from liveloop.matchmaker import Matchmaker
 from liveloop.peer import Peer
 from liveloop.server.api import JSON, SocketClosed
 from liveloop.service import LiveLoop
@@ -170,6 +171,14 @@ class World:
         self.settings = settings
         self.service = LiveLoop(settings)
         self._ids = itertools.count(1)
+
+    @property
+    def matchmaker(self) -> Matchmaker:
+        """The service's matchmaker, the one-process kind (no Redis here), for the
+        tests that look inside it."""
+        matchmaker = self.service.matchmaker
+        assert isinstance(matchmaker, Matchmaker)
+        return matchmaker
 
     async def start(self) -> World:
         await self.nursery.start(self.service.run)

@@ -186,7 +186,9 @@ class Fuzz:
         """Frames that break RFC 6455, or Engine.IO, or both."""
         r = self.r
         choice = r.randrange(12)
-        text = ("4" + self.socketio_packet()[0]).encode("utf-8", "surrogatepass")
+        first = self.socketio_packet()[0]
+        assert isinstance(first, str)  # the text part comes first
+        text = ("4" + first).encode("utf-8", "surrogatepass")
         if choice == 0:
             return os.urandom(r.randrange(1, 64))
         if choice == 1:

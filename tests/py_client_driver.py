@@ -35,12 +35,16 @@ import os
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import version as pkg_version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import socketio
-from binjson import decode, encode  # the script runs with tests/ on sys.path
 from socketio import packet
+
+if TYPE_CHECKING:  # mypy reads this file as tests.py_client_driver
+    from tests.binjson import decode, encode
+else:  # the script runs with tests/ on sys.path
+    from binjson import decode, encode
 
 REASONS = {
     "client disconnect": "io client disconnect",

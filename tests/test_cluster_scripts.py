@@ -7,7 +7,7 @@ deleting its key and setting ``wake`` in the past, as the clock would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -69,6 +69,13 @@ def match(sid: str, node: str, ticket: int, room: str, partner: str, partner_nod
                        initiator)
 
 
+def matches(notices: Sequence[object]) -> list[MatchNotice]:
+    """``notices``, every one of them a match."""
+    found = [notice for notice in notices if isinstance(notice, MatchNotice)]
+    assert len(found) == len(notices), notices
+    return found
+
+
 async def test_queue_then_pair_first_come_first_served(lua: Scripts) -> None:
     assert await lua.enqueue("a", ticket=1) == ("queued", [])
     assert await lua.enqueue("a", ticket=2) == ("already", [])  # idempotent
@@ -111,7 +118,7 @@ async def test_sweep_pairs_people_whose_cooldown_ended(lua: Scripts) -> None:
     # The cooldown ends (its key expires) and its time has come.
     await lua.client.delete([f"{P}c:a|b"])
     await lua.client.set(f"{P}wake", "1")
-    found = wire.from_script(await lua.run("SWEEP", 200, "R1"))
+    found = matches(wire.from_script(await lua.run("SWEEP", 200, "R1")))
     assert [(n.sid, n.room_id, n.initiator) for n in found] == [("a", "R1", True),
                                                                 ("b", "R1", False)]
     assert await lua.queue() == []
@@ -329,7 +336,7 @@ async def test_sweep_skips_away_people_and_return_pairs_them(lua: Scripts) -> No
     assert await lua.run("SWEEP", 200, "R1") == []
     assert await lua.queue() == ["a", "b"]
     # Back: paired at once with b, a (who waited longer) starting the call.
-    found = wire.from_script(await lua.run("RETURN", "a", "R2", 200))
+    found = matches(wire.from_script(await lua.run("RETURN", "a", "R2", 200)))
     assert [(n.sid, n.room_id, n.initiator) for n in found] == [("a", "R2", True),
                                                                 ("b", "R2", False)]
     assert await lua.run("AWAY", "a") == []  # in a room: nothing to mark

@@ -32,6 +32,7 @@ import socket
 import struct
 import subprocess
 import sys
+from typing import Any
 
 import h11
 import pytest
@@ -392,9 +393,11 @@ async def canary(client: NodeClient, server: Server, stats: Stats,
             with trio.fail_after(DEADLINE):
                 ack = await sender.call("send-new-ice-candidates", {"candidate": candidate})
                 assert ack == {"ok": True}, ack
-                got = await receiver.receive(
-                    "new-ice-candidates",
-                    lambda line, text=text: line["args"][0]["candidate"]["candidate"] == text)
+
+                def relayed(line: dict[str, Any], text: str = text) -> bool:
+                    return bool(line["args"][0]["candidate"]["candidate"] == text)
+
+                got = await receiver.receive("new-ice-candidates", relayed)
                 assert got["candidate"] == candidate
         except (trio.TooSlowError, AssertionError, DriverError) as exc:
             stats.problems.append(f"canary lost relay {stats.relays}: {exc!r}")

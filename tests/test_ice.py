@@ -51,7 +51,7 @@ def test_secret_from_a_file_and_never_in_repr(tmp_path: Path) -> None:
     path.write_text("from-file\n")
     servers = ice(turn_urls=("turn:t",), turn_secret="ignored", turn_secret_file=str(path))
     assert servers.secret == b"from-file"
-    settings = Settings(turn_urls=("turn:t",), turn_secret="hidden-secret")  # type: ignore[arg-type]
+    settings = Settings(turn_urls=("turn:t",), turn_secret="hidden-secret")
     assert "hidden-secret" not in repr(settings)
     assert "from-file" not in repr(servers)
 

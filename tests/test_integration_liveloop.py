@@ -161,14 +161,16 @@ def server(entry: Entry, hosts: Hosts, nursery: trio.Nursery, deployment: str) -
     return Server(entry, hosts, nursery, deployment)
 
 
-@pytest.fixture
-async def live(server: Server, driver: NodeClient, variant: Variant) -> Live:
+# The two fixtures' functions are named with a "_" so that test_integration_workers's
+# "import *" leaves them out: it has a live and a live_unlimited of its own.
+@pytest.fixture(name="live")
+async def _live(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """The server with its default settings (rate limits on, 60 s cooldown)."""
     return await server.live(driver, variant)
 
 
-@pytest.fixture
-async def live_unlimited(server: Server, driver: NodeClient, variant: Variant) -> Live:
+@pytest.fixture(name="live_unlimited")
+async def _live_unlimited(server: Server, driver: NodeClient, variant: Variant) -> Live:
     """Rate limits off, for tests that press "Next" within 5 s of their first request."""
     return await server.live(driver, variant, rate_limits=False)
 
@@ -501,13 +503,14 @@ async def test_spoofing_is_refused_and_relays_nothing(live: Live) -> None:
     for event, payload, code in attempts:
         await refused(a, event, payload, code)
     # someone in no room at all
-    for event, payload in [
+    strangers: list[tuple[str, dict[str, Any]]] = [
         ("negotiation-call-offer", {"offer": OFFER, "remoteSocketId": a.sid}),
         ("negotiation-call-answer", {"ans": ANSWER}),
         ("send-new-ice-candidates", {"to": c.sid, "candidate": CANDIDATE}),
         ("newMessage", {"message": "hi", "remoteSocket": d.sid, "roomId": theirs}),
         ("stop-call", {"roomId": mine, "remoteSocketId": a.sid}),
-    ]:
+    ]
+    for event, payload in strangers:
         await refused(e, event, payload, "not-in-room")
     # Barriers: both rooms still relay (no refused stop-call ended anything), and what
     # each member receives now comes after anything the attempts could have caused.
@@ -707,10 +710,12 @@ async def test_nothing_of_an_old_room_after_a_new_match(live_unlimited: Live) ->
         partner = a if match["remoteUserDetails"]["socket"] == a.sid else b
         # barrier: after this candidate, nothing older can reach the partner
         assert await call(sock, "send-new-ice-candidates", ice(sock)) == OK
+
+        def from_sock(line: dict[str, Any], s: Sock = sock) -> bool:
+            return bool(line["args"][0]["candidate"]["usernameFragment"] == s.sid)
+
         with trio.fail_after(DEADLINE):
-            await partner.receive("new-ice-candidates",
-                                  lambda line, s=sock: line["args"][0]["candidate"][
-                                      "usernameFragment"] == s.sid)
+            await partner.receive("new-ice-candidates", from_sock)
     for sock in (a, b, c, d):
         sock.unread()
     live.check_all()  # nothing from b after a's new match-done (and so on for everyone)

@@ -52,7 +52,7 @@ async def test_first_come_first_served(nursery: trio.Nursery, clock: MockClock) 
     assert partner[clients[0].sid] == clients[1].sid
     assert partner[clients[2].sid] == clients[3].sid
     assert clients[4].received("match-done") == []
-    assert world.service.matchmaker.where(clients[4].sid) == "queue"
+    assert world.matchmaker.where(clients[4].sid) == "queue"
 
 
 async def test_alone_never_paired_and_never_queued_twice(nursery: trio.Nursery,
@@ -132,7 +132,7 @@ async def test_queue_full_decided_by_the_matchmaker(nursery: trio.Nursery,
     world = await open_world(nursery, max_queue=1, pair_cooldown=60)
     a = await world.client()
     b = await world.client()
-    world.service.matchmaker.lobby.avoid(a.sid, b.sid, trio.current_time())
+    world.matchmaker.lobby.avoid(a.sid, b.sid, trio.current_time())
     a.emit("request-room", {"name": "Ann"})
     b.emit("request-room", {"name": "Bob"})
     await world.settle()
@@ -165,7 +165,7 @@ async def test_request_then_disconnect_is_undone(nursery: trio.Nursery, clock: M
     b = await world.client()
     await world.join(b)
     assert b.names() == []
-    assert world.service.matchmaker.where(a.sid) is None
+    assert world.matchmaker.where(a.sid) is None
 
 
 async def test_enqueue_of_live_socket_then_withdraw_wins(nursery: trio.Nursery,
@@ -174,7 +174,7 @@ async def test_enqueue_of_live_socket_then_withdraw_wins(nursery: trio.Nursery,
     world = await open_world(nursery)
     socket = FakeSocket("ghost")
     member = Member("ghost", "Gus", "", socket)
-    mailbox = world.service.matchmaker.mailbox
+    mailbox = world.matchmaker.mailbox
     await mailbox.send(Enqueue(member, 1))
     await mailbox.send(Withdraw("ghost", reason="disconnect"))  # type: ignore[arg-type]
     await world.settle()
@@ -187,7 +187,7 @@ async def test_enqueue_of_live_socket_then_withdraw_wins(nursery: trio.Nursery,
 async def test_dead_socket_never_paired(nursery: trio.Nursery, clock: MockClock) -> None:
     world = await open_world(nursery)
     socket = FakeSocket("ghost")
-    await world.service.matchmaker.mailbox.send(Enqueue(Member("ghost", "Gus", "", socket), 1))
+    await world.matchmaker.mailbox.send(Enqueue(Member("ghost", "Gus", "", socket), 1))
     await world.settle()
     socket.close("transport close")  # its Withdraw has not arrived yet
     b = await world.client()
@@ -244,9 +244,9 @@ async def test_status_counts_and_hides_ids(nursery: trio.Nursery, clock: MockClo
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", status["timestamp"])
     a, b, room = await world.pair()
     waiting = [await world.client() for _ in range(3)]
-    world.service.matchmaker.lobby.avoid(waiting[0].sid, waiting[1].sid, trio.current_time())
-    world.service.matchmaker.lobby.avoid(waiting[0].sid, waiting[2].sid, trio.current_time())
-    world.service.matchmaker.lobby.avoid(waiting[1].sid, waiting[2].sid, trio.current_time())
+    world.matchmaker.lobby.avoid(waiting[0].sid, waiting[1].sid, trio.current_time())
+    world.matchmaker.lobby.avoid(waiting[0].sid, waiting[2].sid, trio.current_time())
+    world.matchmaker.lobby.avoid(waiting[1].sid, waiting[2].sid, trio.current_time())
     for client, name in zip(waiting, ["Cy", "Di", "Ed"], strict=True):
         await world.join(client, name, PNG)
     status = world.service.status()

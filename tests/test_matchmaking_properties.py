@@ -249,7 +249,7 @@ class Scenario:
 
     def check(self, *, strict: bool = True) -> None:
         """The invariants; ``strict`` when every action was settled before the next."""
-        mm = self.world.service.matchmaker
+        mm = self.world.matchmaker
         live = [c for c in self.clients if c is not None]
         by_sid = {c.sid: c for c in live}
         by_sid_all = {c.sid: c for c in self.everyone()}

@@ -155,7 +155,7 @@ async def test_relay_while_queued_is_not_in_room(world: World, clock: MockClock)
     a = await world.client()
     await world.join(a)
     assert await world.ask(a, "newMessage", {"message": "hi"}) == error_ack("not-in-room")
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
 
 
 # -- stop-call ---------------------------------------------------------------------------
@@ -167,7 +167,7 @@ async def test_stop_call_requeues_the_partner_only(world: World, clock: MockCloc
                                             "name": "Ann"}) == OK
     assert b.names() == ["match-done", "stop-by-remote-user"]
     assert a.names() == ["match-done"]
-    mm = world.service.matchmaker
+    mm = world.matchmaker
     assert mm.where(b.sid) == "queue"
     assert mm.where(a.sid) is None
     assert a.handler.phase is Phase.IDLE
@@ -183,7 +183,7 @@ async def test_stop_call_without_requeue(nursery: trio.Nursery,
     a, b, _ = await world.pair()
     assert await world.ask(a, "stop-call") == OK
     assert b.names() == ["match-done", "stop-by-remote-user"]
-    assert world.service.matchmaker.where(b.sid) is None
+    assert world.matchmaker.where(b.sid) is None
     assert world.service.status()["queue"]["size"] == 0
 
 
@@ -202,7 +202,7 @@ async def test_stop_call_naming_a_room_while_queued_stops_nothing(world: World,
     a = await world.client()
     await world.join(a)
     assert await world.ask(a, "stop-call", {"roomId": "old"}) == error_ack("invalid-room")
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
 
 
 async def test_stop_then_ask_again_may_meet_the_same_partner(world: World,
@@ -221,7 +221,7 @@ async def test_next_with_own_room_id(world: World, clock: MockClock) -> None:
     a, b, room = await world.pair()
     await trio.sleep(5)
     assert await world.ask(a, "request-room", {"name": "Ann", "roomId": room}) == OK
-    mm = world.service.matchmaker
+    mm = world.matchmaker
     assert mm.where(a.sid) == mm.where(b.sid) == "queue"
     assert b.names() == ["match-done", "stop-by-remote-user"]
     assert a.errors() == []
@@ -233,7 +233,7 @@ async def test_next_with_foreign_room_id_still_next(world: World, clock: MockClo
     await trio.sleep(5)
     ack = await world.ask(a, "request-room", {"name": "Ann", "roomId": other})
     assert ack == error_ack("invalid-room")
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
     assert b.names() == ["match-done", "stop-by-remote-user"]
 
 
@@ -251,7 +251,7 @@ async def test_stale_room_id_on_request_room_still_queues(world: World, clock: M
     ack = await world.ask(a, "request-room", {"name": "Ann", "roomId": "gone"})
     assert ack == error_ack("invalid-room")
     assert a.errors()[0]["event"] == "request-room"
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
     # Asked again while queued with a stale id: same answer, still queued once.
     assert await world.ask(a, "request-room", {"name": "Ann", "roomId": "gone"}) == \
         error_ack("invalid-room")
@@ -267,7 +267,7 @@ async def test_disconnect_in_room_tells_and_requeues_partner(world: World,
     a.disconnect()
     await world.settle()
     assert b.names() == ["match-done", "stop-by-remote-user"]
-    mm = world.service.matchmaker
+    mm = world.matchmaker
     assert mm.where(b.sid) == "queue"
     assert mm.where(a.sid) is None
     assert world.service.status()["rooms"] == {"active": 0, "total": 1}
@@ -296,7 +296,7 @@ async def test_disconnect_right_after_being_paired(world: World, clock: MockCloc
     b.disconnect()
     await world.settle()
     assert a.names() == ["match-done", "stop-by-remote-user"]
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
     assert world.service.status()["rooms"]["active"] == 0
 
 
@@ -312,7 +312,7 @@ async def test_request_room_rate_limit(world: World, clock: MockClock) -> None:
     assert ack == error_ack("rate-limited")
     assert a.errors()[-1] == {"code": "rate-limited", "message": a.errors()[-1]["message"],
                               "event": "request-room", "retryAfter": 3.0}
-    assert world.service.matchmaker.where(a.sid) is None
+    assert world.matchmaker.where(a.sid) is None
     await trio.sleep(3)
     assert await world.join(a) == OK
 
@@ -322,7 +322,7 @@ async def test_next_is_rate_limited_and_ends_nothing(world: World, clock: MockCl
     assert await world.ask(a, "request-room", {"name": "Ann", "roomId": room}) == \
         error_ack("rate-limited")
     assert b.names() == ["match-done"]
-    assert world.service.matchmaker.where(a.sid) == room
+    assert world.matchmaker.where(a.sid) == room
 
 
 async def test_message_rate_limit(world: World, clock: MockClock) -> None:
@@ -437,7 +437,7 @@ async def test_errors_without_ack_still_emitted(world: World, clock: MockClock) 
     a.emit("request-room", {"name": "Ann"}, ack=False)
     await world.settle()
     assert [e["code"] for e in a.errors()] == ["not-in-room"]
-    assert world.service.matchmaker.where(a.sid) == "queue"
+    assert world.matchmaker.where(a.sid) == "queue"
 
 
 async def test_each_ack_sent_once(world: World, clock: MockClock) -> None:

@@ -124,11 +124,11 @@ def test_relay_budget_carries_to_another_clock() -> None:
     from liveloop.ratelimit import RelayBudget
 
     clock, other = Clock(), Clock()
-    here = RelayBudget(Settings(relay_budget=3), clock)  # type: ignore[arg-type]
+    here = RelayBudget(Settings(relay_budget=3), clock)
     assert here.carry() is None  # nothing taken: nothing to carry
     for _ in range(3):
         assert here.take() is None
-    there = RelayBudget(Settings(relay_budget=3), other)  # type: ignore[arg-type]
+    there = RelayBudget(Settings(relay_budget=3), other)
     other.now = 500.0
     there.resume(here.carry())
     assert there.take() is not None  # spent here, spent there

@@ -101,9 +101,9 @@ class Client:
         args = [event] if payload is None else [event, payload]
         await self.ws.send(f"42{ack_id}" + json.dumps(args))
         while ack_id not in self.acks:
-            event = await self._next()
-            if event is not None:
-                self.pending.append(event)
+            got = await self._next()
+            if got is not None:
+                self.pending.append(got)
         return self.acks.pop(ack_id)[0]
 
     async def emit(self, event: str, payload: JSON) -> None:

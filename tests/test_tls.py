@@ -81,9 +81,11 @@ async def test_liveloop_serve_speaks_https_and_wss(
         assert status == 200 and body.startswith(b"0{")
         ws_url = f"wss://{host}:{port}/socket.io/?EIO=4&transport=websocket"
         async with open_websocket_url(ws_url, ssl_context=context) as ws:
-            assert (await ws.get_message()).startswith("0{")
+            message = await ws.get_message()
+            assert isinstance(message, str) and message.startswith("0{")
             await ws.send_message("40")
-            assert (await ws.get_message()).startswith("40{")
+            message = await ws.get_message()
+            assert isinstance(message, str) and message.startswith("40{")
         # Plain HTTP to the TLS port gets no HTTP answer; the server goes on serving.
         stream = await trio.open_tcp_stream(host, port)
         answer = b""

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
-    Message,
     Ping,
     TextMessage,
 )
@@ -23,7 +22,7 @@ MAX = 1000
 MASK = b"\x01\x02\x03\x04"
 
 
-def client_frames(*events: Message | Ping | CloseConnection) -> bytes:
+def client_frames(*events: TextMessage | BytesMessage | Ping | CloseConnection) -> bytes:
     proto = FrameProtocol(client=True, extensions=[])
     out = b""
     for event in events:

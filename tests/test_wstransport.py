@@ -9,13 +9,15 @@ WebSocket) on a real listener.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
+from typing import cast
 
 import h11
 import pytest
 import trio
 import trio.testing
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import ASGIFramework, ConnectionState
 from hypercorn.utils import wrap_app
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
@@ -53,13 +55,19 @@ class Writes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = wstransport._write
+        real = os.write  # what wstransport._write is
 
         def counting(fd: int, data: bytes) -> int:
             self.count += 1
             return real(fd, data)
 
         monkeypatch.setattr(wstransport, "_write", counting)
+
+
+def asgi(app: RootApp) -> ASGIFramework:
+    """``app`` as hypercorn's type for an ASGI app, whose scopes are TypedDicts where
+    RootApp takes any mapping (serve() passes it as Any)."""
+    return cast(ASGIFramework, app)
 
 
 def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -82,7 +90,7 @@ class Client:
     async def next(self) -> Event:
         while not self.events:
             data = await self.stream.receive_some(65536)
-            self.ws.receive_data(data or None)
+            self.ws.receive_data(bytes(data) or None)
             self.events.extend(self.ws.events())
         return self.events.pop(0)
 
@@ -115,7 +123,8 @@ async def connect(nursery: trio.Nursery, engine: EngineServer,
     """A client connected to :class:`Server` over a socket pair."""
     app = RootApp({PATH: engine}, None)
     config = hypercorn_config(SETTINGS)
-    server = Server({PATH.rstrip("/"): engine}, wrap_app(app, config.wsgi_max_body_size, None),
+    server = Server({PATH.rstrip("/"): engine},
+                    wrap_app(asgi(app), config.wsgi_max_body_size, None),
                     config, ConnectionState({}), SETTINGS)
     writes = Writes(monkeypatch)
     client_end, server_end = socket_pair()
@@ -169,7 +178,7 @@ async def test_refused_origin_gets_403(nursery: trio.Nursery, engine: EngineServ
     await nursery.start(strict.run)
     config = hypercorn_config(SETTINGS)
     server = Server({PATH.rstrip("/"): strict},
-                    wrap_app(RootApp({PATH: strict}, None), 0, None), config,
+                    wrap_app(asgi(RootApp({PATH: strict}, None)), 0, None), config,
                     ConnectionState({}), SETTINGS)
     client_end, server_end = socket_pair()
     nursery.start_soon(server.handle, server_end)

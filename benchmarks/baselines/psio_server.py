@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import socketio
 import uvicorn
@@ -26,6 +27,19 @@ waiting: dict[str, dict[str, str]] = {}  # sid -> {name, image}, in arrival orde
 partner_of: dict[str, str] = {}
 room_of: dict[str, str] = {}
 profile: dict[str, dict[str, str]] = {}
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def on(event: str) -> Callable[[Handler], Handler]:
+    """``@sio.on(event)`` with types (python-socketio has none): registers the handler
+    and gives it back as it was."""
+
+    def register(handler: Handler) -> Handler:
+        sio.on(event, handler)
+        return handler
+
+    return register
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -73,7 +87,7 @@ async def _end_call(sid: str) -> None:
         await _enqueue(partner)
 
 
-@sio.on("request-room")
+@on("request-room")
 async def request_room(sid: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) \
             or not data["name"].strip():
@@ -94,7 +108,7 @@ async def _relay(sid: str, event: str, out_event: str, payload: dict[str, Any]
     return {"ok": True}
 
 
-@sio.on("negotiation-call-offer")
+@on("negotiation-call-offer")
 async def offer(sid: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("offer"), dict):
         return await _refuse(sid, "negotiation-call-offer", "invalid-payload", "offer")
@@ -104,7 +118,7 @@ async def offer(sid: str, data: Any) -> dict[str, Any]:
         "roomId": room_of.get(sid), "offer": data["offer"]})
 
 
-@sio.on("negotiation-call-answer")
+@on("negotiation-call-answer")
 async def answer(sid: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("ans"), dict):
         return await _refuse(sid, "negotiation-call-answer", "invalid-payload", "ans")
@@ -114,7 +128,7 @@ async def answer(sid: str, data: Any) -> dict[str, Any]:
         "remoteSocketId": sid})
 
 
-@sio.on("send-new-ice-candidates")
+@on("send-new-ice-candidates")
 async def ice(sid: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or "candidate" not in data:
         return await _refuse(sid, "send-new-ice-candidates", "invalid-payload", "candidate")
@@ -122,7 +136,7 @@ async def ice(sid: str, data: Any) -> dict[str, Any]:
                         {"candidate": data["candidate"]})
 
 
-@sio.on("newMessage")
+@on("newMessage")
 async def new_message(sid: str, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("message"), str):
         return await _refuse(sid, "newMessage", "invalid-payload", "message")
@@ -135,14 +149,14 @@ async def new_message(sid: str, data: Any) -> dict[str, Any]:
     return {"ok": True}
 
 
-@sio.on("stop-call")
+@on("stop-call")
 async def stop_call(sid: str, data: Any = None) -> dict[str, Any]:
     waiting.pop(sid, None)
     await _end_call(sid)
     return {"ok": True}
 
 
-@sio.event
+@on("disconnect")
 async def disconnect(sid: str, *args: Any) -> None:
     waiting.pop(sid, None)
     await _end_call(sid)

@@ -20,7 +20,7 @@ from typing import Any
 from liveloop.cluster import notices
 from liveloop.wire import socketio
 
-EVENT = ["new-ice-candidates", {"candidate": {
+EVENT: list[Any] = ["new-ice-candidates", {"candidate": {
     "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 40001 typ host generation 0",
     "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "1234567.89"}}]
 

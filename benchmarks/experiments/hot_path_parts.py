@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from wsproto.frame_protocol import FrameProtocol
 
 from liveloop import events
 from liveloop.config import Settings
 from liveloop.messages import Member
-from liveloop.metrics import Metrics
+from liveloop.metrics import Increment, Metrics
 from liveloop.room import relayed
 from liveloop.wire import engineio as eio
 from liveloop.wire import socketio as sio
@@ -50,6 +50,7 @@ def main() -> None:
     packet = socketio.feed_text(text)
     assert packet is not None
     event = events.parse("send-new-ice-candidates", packet.data[1], settings)
+    assert isinstance(event, events.SendIceCandidates)
     sender = Member("sender", "Ann", "", None)  # type: ignore[arg-type]
     deliver = relayed(event, "room", sender)
     encoded = "4" + str(sio.encode_event("/", deliver.event, (deliver.payload,))[0])
@@ -68,7 +69,11 @@ def main() -> None:
     for name, metrics in (("count, metrics on", Metrics(process=False)),
                           ("count, metrics off", Metrics(enabled=False))):
         relayed_count = metrics.relayed
-        measure(name, lambda counts=relayed_count: counts[type(event)].inc())
+
+        def count(counts: Mapping[type[events.Relayed], Increment] = relayed_count) -> None:
+            counts[type(event)].inc()
+
+        measure(name, count)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster import DEPLOYMENTS, HERE, Deployment, run_one
+from cluster import DEPLOYMENTS, Deployment, run_one
+from servers import HERE
 
 
 def main() -> int:
