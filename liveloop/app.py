@@ -39,7 +39,7 @@ from .logs import configure_under_host
 from .metrics import Metrics, serve_metrics
 from .server import EngineServer, socketio_server
 from .server.api import DisconnectReason
-from .server.asgi import ASGIApp, Message, Receive, Scope, Send, respond
+from .server.asgi import ASGIApp, Message, Receive, Scope, Send, refuse_websocket, respond
 from .server.cors import OriginPolicy
 from .server.session import DISCONNECT_GRACE
 
@@ -139,7 +139,7 @@ class RootApp:
         elif self._http is not None and kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            await refuse_websocket(send, 1008)
         else:
             await respond(send, 404, b"Not Found", [])
 

@@ -46,7 +46,7 @@ from typing import Any, NoReturn
 import outcome
 import trio
 
-from .server.asgi import ASGIApp, Message, Receive, Scope, Send, respond
+from .server.asgi import ASGIApp, Message, Receive, Scope, Send, refuse_websocket, respond
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ async def _unavailable(scope: Scope, send: Send) -> None:
     if scope["type"] == "http":
         await respond(send, 503, b"Service Unavailable", [])
     elif scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1011})
+        await refuse_websocket(send, 1011)
 
 
 async def _capture(op: Callable[[], Awaitable[Any]]) -> outcome.Outcome[Any]:

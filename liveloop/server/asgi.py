@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -12,6 +13,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+log = logging.getLogger(__name__)
 
 
 def query(scope: Scope) -> dict[str, str]:
@@ -37,6 +40,19 @@ async def respond(send: Send, status: int, body: bytes, headers: Headers,
                     (b"content-length", str(len(body)).encode())],
     })
     await send({"type": "http.response.body", "body": body})
+
+
+async def refuse_websocket(send: Send, code: int) -> None:
+    """Refuse a WebSocket handshake (``websocket.close`` before accepting).
+
+    A server that can no longer send it has nothing left to tell the client, so that is
+    not the app's failure: logged at DEBUG. hypercorn 0.18 raises h11's
+    ``LocalProtocolError`` here when the client sent more bytes with the handshake (its
+    reader parses them while the refusal is being written); the fuzz test found it."""
+    try:
+        await send({"type": "websocket.close", "code": code})
+    except Exception as exc:
+        log.debug("WebSocket refusal not sent: %r", exc)
 
 
 async def read_body(receive: Receive, limit: int) -> bytes | None:

@@ -44,6 +44,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from ..config import Settings
 from ..metrics import Metrics
+from . import hypercorn_eof
 from .asgi import Scope
 from .engine import EngineServer
 from .http1 import MAX_HEAD, RECEIVE_SIZE, RoutedConnection
@@ -226,7 +227,12 @@ class Server:
             stream, bytes(received))
         server = TCPServer(self._app, self._config, self._context, self._state,
                            replay)  # type: ignore[arg-type]
-        await server.run()
+        try:
+            await server.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            raise  # the peer went away: handle() knows
+        except Exception as exc:
+            hypercorn_eof.contained(exc)
 
 
     def _websocket(self, stream: trio.SocketStream, http: h11.Connection, event: object

@@ -23,8 +23,8 @@ app (``RootApp``'s lifespan under ``hypercorn -k trio``), where hypercorn makes 
 connection's stream and a patch of its class is the only way in. Under ``liveloop
 serve`` the front door makes the stream it hands hypercorn (:class:`~.frontdoor._Replay`,
 which it needs anyway to replay the request head), so the guard lives in that stream and
-hypercorn's classes stay unpatched; and a connection's failure there is the front
-door's to log (``Server.handle``), not this module's.
+hypercorn's classes stay unpatched; a connection's failure there is logged by the front
+door, with :func:`contained` as here.
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ from ..logs import clip
 log = logging.getLogger(__name__)
 
 _PATCHED = "_liveloop_eof_under_lock"
+
+
+def contained(exc: Exception) -> None:
+    """Log hypercorn's own failure on one client's bytes, which ended that connection
+    alone: at INFO, as a client's protocol error is (the client caused it; the server
+    goes on). Used here and by the front door, which hands connections to hypercorn."""
+    log.info("connection ended by a hypercorn error", extra={"error": clip(repr(exc), 200)})
 
 
 def patch() -> None:
@@ -72,9 +79,8 @@ def patch() -> None:
     async def _run(self: Any) -> None:
         try:
             await run(self)
-        except Exception as exc:  # hypercorn's own failure on one client's bytes
-            log.info("connection ended by a hypercorn error",
-                     extra={"error": clip(repr(exc), 200)})
+        except Exception as exc:
+            contained(exc)
 
     setattr(_close, _PATCHED, True)
     TCPServer._close = _close  # type: ignore[method-assign]
