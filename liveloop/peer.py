@@ -188,20 +188,27 @@ class Peer:
             error = caught
         finally:
             self._receipts = None
+        stuck = False
         if receipts:
             # Bounded: a change the node could not apply fails its receipt, and the node
             # drops its clients at its next heartbeat (cluster/node.py); one still
-            # waiting after node_timeout is stuck behind a Redis out of reach as well.
+            # waiting after node_timeout is stuck behind a slow Redis, and may yet be
+            # applied: this connection is then dropped below, as the refusal promises,
+            # and its Withdraw follows the change in the node's mailbox.
             with trio.move_on_after(self._settings.node_timeout):
                 for receipt in receipts:
                     await receipt.wait()
-            if any(receipt.failed or not receipt.is_set() for receipt in receipts):
+            stuck = not all(receipt.is_set() for receipt in receipts)
+            if stuck or any(receipt.failed for receipt in receipts):
                 error = LiveLoopError(ErrorCode.UNAVAILABLE, UNAVAILABLE)
         if error is not None:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
                 ack(error_ack(error))
+            if stuck:
+                self._socket.drop()
+                return
         else:
             if ack is not None:
                 ack(ok_ack() if answer is None else {**ok_ack(), **answer})

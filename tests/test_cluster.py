@@ -543,11 +543,11 @@ async def test_node_cut_off_from_redis_drops_its_clients(nursery: trio.Nursery,
         await pair(cluster, 1, 0)
 
 
-UNREACHABLE_TIMEOUT = 20
+UNREACHABLE_TIMEOUT = 30
 """LIVELOOP_NODE_TIMEOUT where a test cuts a node off Redis and waits for its answers: the
-node drops its clients only after half of it (10 s) without reaching Redis, far longer
+node drops its clients only after half of it (15 s) without reaching Redis, far longer
 than a refused ack takes even on a busy machine; once Redis is back, a dirty node drops
-them at its next heartbeat (timeout/6, 3.3 s at most)."""
+them at its next heartbeat (timeout/6, 5 s at most)."""
 
 
 @pytest.mark.parametrize("in_call", [False, True], ids=["queued", "in-a-call"])
@@ -590,8 +590,7 @@ async def test_a_change_redis_never_got_is_refused_unavailable(
             while True:
                 await a.receive()
         if not in_call:
-            # The node cleared what it left in Redis before it dropped her, so a client
-            # that reconnects at once cannot be paired with her old place.
+            # Nothing of her old place stays in Redis once she is dropped.
             assert await queued_in_redis(redis) == []
         if in_call:
             with trio.fail_after(DEADLINE):

@@ -81,7 +81,7 @@ async def test_a_cancelled_close_still_closes_the_stream(tls: bool, writing: boo
 async def test_a_close_sends_the_eof_under_the_lock_then_closes(tls: bool) -> None:
     stream = Stream(tls)
     await server(stream)._close()
-    assert stream.calls == ["aclose"] if tls else ["eof", "aclose"]
+    assert stream.calls == (["aclose"] if tls else ["eof", "aclose"])
 
 
 async def test_a_close_during_a_write_closes_without_the_eof() -> None:

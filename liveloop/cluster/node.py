@@ -25,8 +25,9 @@ Failure policy: if Redis cannot be reached at start, :meth:`run` raises. Afterwa
 failed command is logged and marks the node *dirty* (if it was a connection's change,
 that connection's ack is refused ``unavailable``); a node that is dirty, that finds
 its liveness gone (declared lost, or Redis restarted empty) or that has not reached
-Redis for ``node_timeout`` drops its clients (they reconnect, possibly elsewhere) and
-registers afresh, first clearing whatever it left in Redis. docs/cluster.md has the
+Redis for ``node_timeout`` registers afresh, first clearing whatever it left in Redis,
+then drops its clients (they reconnect, possibly elsewhere; :meth:`_rejoin` says why in
+that order). docs/cluster.md has the
 details and what a Redis restart loses.
 """
 
@@ -182,7 +183,7 @@ class ClusterMatchmaker(HandoverMixin):
             for name in scripts.NAMES:
                 text = getattr(scripts, name)
                 self._scripts[name] = client.register_script(text)
-            await self._register()
+            await self._apply(await self._register())
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._subscriber)
@@ -221,7 +222,7 @@ class ClusterMatchmaker(HandoverMixin):
                 await self._handle(batch)
 
     async def _handle(self, batch: list[MatchmakerMessage]) -> None:
-        failed = False
+        failed = True  # until known otherwise: an exception or cancellation leaves it unknown
         try:
             failed = not await self._handle_batch(batch)
         finally:
@@ -384,7 +385,7 @@ class ClusterMatchmaker(HandoverMixin):
             message: Hangup = await room.receive.receive()
         except (trio.ClosedResourceError, trio.EndOfChannel):
             return
-        failed = False
+        failed = True  # until the script has answered (see _handle)
         try:
             result = await self._change("LEAVE", (message.sender, room.room_id))
             failed = result is None
@@ -557,13 +558,14 @@ class ClusterMatchmaker(HandoverMixin):
         if not self._hand(notice, forwarded):
             self._post_notice(notice)
 
-    async def _register(self) -> None:
-        """(Re)join: clear what this node's id left in Redis, then mark it alive."""
+    async def _register(self) -> list[PersonNotice]:
+        """(Re)join: clear what this node's id left in Redis, then mark it alive. Returns
+        the clearing's notices (rooms it ended) for the caller to apply."""
         for name in self._scripts:  # loaded first, so that pipelines find them
             await self._client.script_load(getattr(scripts, name))
         result = await self._script("HEARTBEAT", (self.node_id, self._liveness_ms(), 1,
                                                   self._window_ms()))
-        await self._apply(wire.from_script(result[1]))
+        return wire.from_script(result[1])
 
     def _window_ms(self) -> int:
         # A lost node's people wait this long for a recovery elsewhere (0: not at all).
@@ -597,8 +599,14 @@ class ClusterMatchmaker(HandoverMixin):
     async def _beat(self) -> None:
         await self._check_subscription()  # may make the node dirty
         if self._dirty:
-            await self._rejoin("lost track of the shared state")
+            # Cleared first: a failure while registering (another client's change, say)
+            # makes it dirty again, for the next beat to clear what that failure left.
             self._dirty = False
+            try:
+                await self._rejoin("lost track of the shared state")
+            except BaseException:
+                self._dirty = True
+                raise
             return
         alive, found = await self._script("HEARTBEAT",
                                           (self.node_id, self._liveness_ms(), 0,
@@ -615,15 +623,18 @@ class ClusterMatchmaker(HandoverMixin):
         self._snapshot = await self.current()
 
     async def _rejoin(self, why: str) -> None:
-        """Register afresh, then drop the clients, even if registering fails. In that
-        order: a client that reconnects at once must find none of its old records to be
-        paired with, and a change a client makes while the node registers must not be
-        wiped by the clearing behind its back (it is dropped with the rest, and asks
-        again)."""
+        """Register afresh, then drop the clients, even if registering fails, then act
+        on the clearing's notices. In that order: a client that reconnects at once must
+        find none of its old records to be paired with; a change a client makes while the
+        node registers must not be wiped by the clearing behind its back (it is dropped
+        with the rest, and asks again); and the dropped clients must not first hear that
+        their calls ended and act on it (re-queue) from a node about to drop them: the
+        notices reach only the partners on other nodes."""
         try:
-            await self._register()
+            found = await self._register()
         finally:
             self.drop_clients(why)
+        await self._apply(found)
 
     def drop_clients(self, why: str) -> None:
         """Disconnect everyone queued or placed here: their shared state is gone or

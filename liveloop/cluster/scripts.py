@@ -204,7 +204,7 @@ return out
 """
 
 HEARTBEAT = _COMMON + r"""
--- ARGV: node, liveness in ms, register ('1' at start and after dropping clients: what
+-- ARGV: node, liveness in ms, register ('1' at start and before dropping clients: what
 -- this node's id left is cleared first), recovery window in ms ('0' or absent: off).
 -- Returns {alive, notices}:
 -- alive 0 when this node had been declared lost (it must drop its clients). Any other
