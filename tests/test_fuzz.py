@@ -478,8 +478,8 @@ async def test_hostile_input_leaves_the_server_and_the_canary_untouched(
     bad = [line for line in server.log if _BAD_LOG.search(line)]
     assert not bad, (f"seed {seed}: the server logged:\n" + "\n".join(bad[:20])
                      + "\n-- its last lines --\n" + "\n".join(server.log[-40:]))
-    assert not stats.problems, "\n".join(stats.problems[:20])
-    assert growth <= bound, f"memory grew {growth >> 20} MiB"
+    assert not stats.problems, f"seed {seed}:\n" + "\n".join(stats.problems[:20])
+    assert growth <= bound, f"seed {seed}: memory grew {growth >> 20} MiB"
     assert process_ended_cleanly(server), (
         f"seed {seed}: exit status {server.process and server.process.returncode}; "
         "its last lines:\n" + "\n".join(server.log[-20:]))
