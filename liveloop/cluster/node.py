@@ -23,12 +23,13 @@ partner's node is in the :class:`RemoteSocket` made when the room was, so no loo
 
 Failure policy: if Redis cannot be reached at start, :meth:`run` raises. Afterwards a
 failed command is logged and marks the node *dirty* (if it was a connection's change,
-that connection's ack is refused ``unavailable``); a node that is dirty, that finds
-its liveness gone (declared lost, or Redis restarted empty) or that has not reached
-Redis for ``node_timeout`` registers afresh, first clearing whatever it left in Redis,
-then drops its clients (they reconnect, possibly elsewhere; :meth:`_rejoin` says why in
-that order). docs/cluster.md has the
-details and what a Redis restart loses.
+that connection's ack is refused ``unavailable``). A node that is dirty, or that finds
+its liveness gone (declared lost, or Redis restarted empty), registers afresh, first
+clearing whatever it left in Redis, then drops its clients (they reconnect, possibly
+elsewhere; :meth:`_rejoin` says why in that order). A node that has not reached Redis
+for half of ``node_timeout`` drops its clients at once, before the others can declare it
+lost, and registers once Redis answers. docs/cluster.md has the details and what a
+Redis restart loses.
 """
 
 from __future__ import annotations
