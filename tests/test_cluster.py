@@ -612,3 +612,62 @@ async def queued_in_redis(redis: RedisServer) -> list[str]:
     client = coredis.Redis.from_url(redis.url, decode_responses=True)
     async with client:
         return list(await client.zrange("ll:q", 0, -1))
+
+
+# -- a node that rejoins: the order of its steps (no Redis needed) ------------------------
+
+
+def rejoining_node(steps: list[tuple[str, bool]]) -> tuple[Any, Any]:
+    """A node with one client, whose registering and telling are recorded in ``steps``
+    with whether the client was still connected then."""
+    from liveloop.cluster.node import ClusterMatchmaker
+    from liveloop.config import Settings
+
+    from .fakes import FakeSocket
+
+    node = ClusterMatchmaker(Settings(redis_url="redis://127.0.0.1:1"))
+    socket = FakeSocket("s1")
+    node._sockets["s1"] = socket
+
+    async def register() -> list[Any]:
+        steps.append(("register", socket.connected))
+        return ["notice"]
+
+    async def apply(notices: list[Any]) -> None:
+        steps.append(("apply", socket.connected))
+
+    # Instance attributes shadow the methods, for this node only.
+    setattr(node, "_register", register)
+    setattr(node, "_apply", apply)
+    return node, socket
+
+
+async def test_a_rejoining_node_clears_before_it_drops_and_tells_after() -> None:
+    """Cleared while its client is still there (a reconnect finds no old record to be
+    paired with), then dropped, then the clearing's notices go out (the dropped client
+    does not first hear its call ended)."""
+    steps: list[tuple[str, bool]] = []
+    node, socket = rejoining_node(steps)
+    await node._rejoin("test")
+    assert steps == [("register", True), ("apply", False)]
+    assert not socket.connected and node.drops == 1
+
+
+async def test_a_node_that_fails_to_rejoin_still_drops_and_stays_dirty() -> None:
+    steps: list[tuple[str, bool]] = []
+    node, socket = rejoining_node(steps)
+
+    async def register() -> list[Any]:
+        raise ConnectionError("Redis still away")
+
+    async def subscribed() -> None:
+        pass
+
+    node._register = register
+    node._check_subscription = subscribed
+    node._dirty = True
+    with pytest.raises(ConnectionError):
+        await node._beat()
+    assert not socket.connected  # dropped all the same
+    assert node._dirty  # the next beat registers again
+    assert steps == []
