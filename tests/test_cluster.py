@@ -450,8 +450,9 @@ async def test_killed_node_partners_told_in_time(nursery: trio.Nursery,
         with trio.fail_after(DEADLINE):
             await a.wait_for(RemoteStopped)
         told_after = trio.current_time() - killed_at
-        # Declared lost within the timeout; the notice then takes one publish.
-        assert told_after < TIMEOUT + 0.5, f"told after {told_after:.2f} s"
+        # Declared lost within the timeout; the notice then takes one publish, and the
+        # processes may wait for a core (1 s of slack for a loaded machine).
+        assert told_after < TIMEOUT + 1, f"told after {told_after:.2f} s"
         # Ann is queued again; the killed node's queued person has left the queue.
         document = await cluster.status_until(2, lambda s: s["queue"]["size"] == 1)
         assert document["queue"]["users"] == ["Ann"]
@@ -637,8 +638,9 @@ def rejoining_node(steps: list[tuple[str, bool]]) -> tuple[Any, Any]:
         steps.append(("apply", socket.connected))
 
     # Instance attributes shadow the methods, for this node only.
-    setattr(node, "_register", register)
-    setattr(node, "_apply", apply)
+    stand_in: Any = node
+    stand_in._register = register
+    stand_in._apply = apply
     return node, socket
 
 

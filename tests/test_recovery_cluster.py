@@ -196,8 +196,9 @@ async def test_killed_node_partner_told_only_after_the_window(
             await b.wait("event", "stop-by-remote-user")
         told_after = trio.current_time() - killed_at
         # Away for the window from when the node was declared lost (within the timeout
-        # of the kill), then told, as if the person had left.
-        assert window <= told_after < TIMEOUT + window + 1.5, f"told after {told_after:.2f} s"
+        # of the kill), then told, as if the person had left: at the first heartbeat
+        # after the window (timeout/6), with slack for a loaded machine.
+        assert window <= told_after < TIMEOUT + window + 2, f"told after {told_after:.2f} s"
         await queued(cluster.nodes[1].url, 1)  # re-queued
 
 
