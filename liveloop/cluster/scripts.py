@@ -25,8 +25,8 @@ delivers to each person's node: ``{"E", sid, node, room}`` (your room ended) and
 ``{"M", sid, node, ticket, room, partner, partner_node, partner_name, partner_image,
 initiator}`` (you are matched); HEARTBEAT also ``{"L", partner, partner_node, room, sid}``
 (your partner's node is lost: hold relays for them) and MOVE ``{"V", partner,
-partner_node, room, sid, node}`` (your partner moved to ``node``). The scripts touch keys they compute (a person's record
-from a queued id), so they need a standalone server (or a primary with replicas), not
+partner_node, room, sid, node}`` (your partner moved to ``node``). The scripts touch
+keys they compute (a person's record from a queued id), so they need a standalone server (or a primary with replicas), not
 Redis Cluster: docs/cluster.md says why that is enough.
 """
 
