@@ -26,8 +26,9 @@ delivers to each person's node: ``{"E", sid, node, room}`` (your room ended) and
 initiator}`` (you are matched); HEARTBEAT also ``{"L", partner, partner_node, room, sid}``
 (your partner's node is lost: hold relays for them) and MOVE ``{"V", partner,
 partner_node, room, sid, node}`` (your partner moved to ``node``). The scripts touch
-keys they compute (a person's record from a queued id), so they need a standalone server (or a primary with replicas), not
-Redis Cluster: docs/cluster.md says why that is enough.
+keys they compute (a person's record from a queued id), so they need a standalone
+server (or a primary with replicas), not Redis Cluster: docs/cluster.md says why that is
+enough.
 """
 
 from __future__ import annotations
