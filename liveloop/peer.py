@@ -80,7 +80,7 @@ HANDLED_EVENTS = frozenset(events.INBOUND)
 """Every client event a peer handles; anything else is answered ``unknown-event``."""
 
 UNAVAILABLE = ("the server could not record this change (its shared state is out of reach) "
-               "and will close this connection: reconnect, then try again")
+               "and closes this connection: reconnect, then try again")
 """The ``unavailable`` refusal's message (docs/events.md, "What an ack means")."""
 
 
@@ -188,25 +188,27 @@ class Peer:
             error = caught
         finally:
             self._receipts = None
-        stuck = False
+        unknown = False
         if receipts:
-            # Bounded: a change the node could not apply fails its receipt, and the node
-            # drops its clients at its next heartbeat (cluster/node.py); one still
-            # waiting after node_timeout is stuck behind a slow Redis, and may yet be
-            # applied: this connection is then dropped below, as the refusal promises,
-            # and its Withdraw follows the change in the node's mailbox.
+            # Bounded: a change the node could not apply fails its receipt; one still
+            # waiting after node_timeout is stuck behind a slow Redis and may yet be
+            # applied. Either way nobody knows what this person's state is: the
+            # connection is dropped below, after the refusal, and its Withdraw follows
+            # the change in the node's mailbox (the node drops its clients as well, at
+            # its next heartbeat, when a script failed).
             with trio.move_on_after(self._settings.node_timeout):
                 for receipt in receipts:
                     await receipt.wait()
-            stuck = not all(receipt.is_set() for receipt in receipts)
-            if stuck or any(receipt.failed for receipt in receipts):
+            unknown = not all(receipt.is_set() and not receipt.failed
+                              for receipt in receipts)
+            if unknown:
                 error = LiveLoopError(ErrorCode.UNAVAILABLE, UNAVAILABLE)
         if error is not None:
             self._metrics.error(error.code, event if event in HANDLED_EVENTS else "other")
             self._socket.emit(ERROR_EVENT, error_event(error, str(event)[:64]))
             if ack is not None:
                 ack(error_ack(error))
-            if stuck:
+            if unknown:
                 self._socket.drop()
                 return
         else:
