@@ -593,8 +593,7 @@ async def test_a_change_redis_never_got_is_refused_unavailable(
             if in_call:
                 await b.wait_for(RemoteStopped)  # the clearing ended the call
             else:
-                while await queued_in_redis(redis) != []:  # her old place is gone
-                    await trio.sleep(0.05)  # another process: poll, without spinning
+                await queue_emptied(redis)  # her old place is gone
         again = await cluster.client(0)
         with trio.fail_after(DEADLINE):
             (await again.request_room("Ann")).raise_for_error()
@@ -612,6 +611,14 @@ async def queued_in_redis(redis: RedisServer) -> list[str]:
     client = coredis.Redis.from_url(redis.url, decode_responses=True)
     async with client:
         return list(await client.zrange("ll:q", 0, -1))
+
+
+async def queue_emptied(redis: RedisServer) -> None:
+    """Until the shared queue is empty (another process changes it: poll)."""
+    while True:
+        if await queued_in_redis(redis) == []:
+            return
+        await trio.sleep(0.05)  # without spinning against Redis
 
 
 # -- a node that rejoins: the order of its steps (no Redis needed) ------------------------
