@@ -35,6 +35,7 @@ import trio
 
 from .errors import ErrorCode
 from .server.api import Socket
+from .wire.socketio import event_json
 
 
 class Receipt:
@@ -198,11 +199,23 @@ class Refused:
 
 @attrs.frozen
 class Deliver:
-    """Emit ``event`` with ``payload`` if ``room_id`` is still your room."""
+    """Emit ``event`` with ``payload`` if ``room_id`` is still your room.
+
+    A relay that came from another node carries ``args`` instead: the JSON text of
+    ``[event, payload]`` as the sender's node encoded it for the client (``payload`` is
+    then None). It is written to the client as it is (:meth:`~liveloop.server.api.Socket
+    .emit_json`), neither decoded nor encoded again here."""
 
     room_id: str
     event: str
-    payload: dict[str, Any] = attrs.field(eq=False)
+    payload: dict[str, Any] | None = attrs.field(eq=False)
+    args: str | None = attrs.field(default=None, eq=False, repr=False)
+
+    def json(self) -> str:
+        """The JSON text of ``[event, payload]``, as the client gets it."""
+        if self.args is not None:
+            return self.args
+        return event_json(self.event, (self.payload,))
 
 
 @attrs.frozen

@@ -220,7 +220,10 @@ class Peer:
         """Act on a message from the matchmaker or a room; emit what the client must see."""
         if type(message) is Deliver:  # the hot one: a relayed event
             if self._call is not None and self._call.room_id == message.room_id:
-                self._socket.emit(message.event, message.payload)
+                if message.args is None:
+                    self._socket.emit(message.event, message.payload)
+                else:  # from another node, encoded there
+                    self._socket.emit_json(message.args)
             return
         if message is DRAIN:
             self._draining = True

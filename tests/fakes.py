@@ -10,6 +10,7 @@ order, and calls nothing after ``on_disconnect``, as the real layer promises.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from typing import Any
 
@@ -90,6 +91,10 @@ class FakeSocket:
     def emit(self, event: str, *args: JSON) -> None:
         if self._connected:
             self.emitted.append((event, list(args)))
+
+    def emit_json(self, data: str) -> None:
+        event, *args = json.loads(data)
+        self.emit(event, *args)
 
     def post(self, message: object) -> None:
         if self._connected:

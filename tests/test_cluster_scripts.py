@@ -197,7 +197,8 @@ async def test_registering_again_clears_what_the_node_left(lua: Scripts) -> None
 
 def test_notices_round_trip() -> None:
     for notice in (match("a", "n1", 7, "R", "b", "n2", True), EndNotice("a", "n1", "R"),
-                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates", {"x": [1]}),
+                   wire.DeliverNotice("a", "n1", "R", "new-ice-candidates",
+                                      '["new-ice-candidates",{"x":[1],"é":"\\ud800"}]'),
                    wire.ClaimNotice("n1.a.pid", "n1", "t", "n2", "/"),
                    wire.HandoverNotice("n2", "t", ["pid", "a", "/", 3, [], {"phase": "idle"}]),
                    MovedNotice("b", "n2", "R", "a", "n3"), wire.FenceNotice("a", "n1", "R"),

@@ -27,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from servers import free_port, redis_command, stop, wait_listening
 
 from liveloop.cluster import notices, resp
+from liveloop.wire.socketio import event_json
 
 CHANNEL = "ll:node:bench"
 NOTICE = notices.encode(notices.DeliverNotice(
-    "s" * 20, "bench", "r" * 22, "new-ice-candidates", {"candidate": {
-        "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 40001 typ host generation 0",
-        "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "1234567.89"}}))
+    "s" * 20, "bench", "r" * 22, "new-ice-candidates", event_json("new-ice-candidates", [{
+        "candidate": {
+            "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 40001 typ host generation 0",
+            "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "1234567.89"}}])))
 
 PUBLISHER = """
 import socket, sys

@@ -273,7 +273,7 @@ class HandoverMixin:
             notice: PersonNotice | None = None
             if type(message) is Deliver:
                 notice = DeliverNotice(sid, to, message.room_id, message.event,
-                                       message.payload)
+                                       message.json())
             elif isinstance(message, Fence):
                 notice = FenceNotice(sid, to, message.room_id)
             elif isinstance(message, RoomEnded):

@@ -322,7 +322,7 @@ class ClusterMatchmaker(HandoverMixin):
         if socket is None:
             return  # gone from here: its Withdraw has ended (or will end) its room
         if isinstance(notice, DeliverNotice):
-            socket.post(Deliver(notice.room_id, notice.event, notice.payload))
+            socket.post(Deliver(notice.room_id, notice.event, None, notice.args))
         elif isinstance(notice, EndNotice):
             socket.post(RoomEnded(notice.room_id, requeue=self._settings.requeue_partner))
         elif isinstance(notice, MatchNotice):

@@ -8,7 +8,11 @@ node decodes and applies it. The text is a JSON array whose first item is the ki
 - ``["M", sid, node, ticket, room, partner, partner_node, partner_name, partner_image,
   initiator]``: you are matched;
 - ``["E", sid, node, room]``: your room has ended;
-- ``["D", sid, node, room, event, payload]``: your partner relayed ``event``.
+- ``["D", sid, node, room, [event, payload]]``: your partner relayed ``event``. The
+  last item is the event's JSON exactly as a Socket.IO packet carries it to the client
+  (compact, non-ASCII as is), so the receiving node slices it out of the text and writes
+  it to the client without decoding or encoding the payload
+  (:meth:`~liveloop.server.sockets.NamespaceSocket.emit_json`).
 
 Connection state recovery across nodes (docs/cluster.md) adds:
 
@@ -27,13 +31,16 @@ Connection state recovery across nodes (docs/cluster.md) adds:
 from __future__ import annotations
 
 import json
+import json.decoder
 from typing import Any
 
 import attrs
 
 from ..wire.fastjson import compact_encoder
+from ..wire.socketio import event_json
 
 _compact = compact_encoder(ensure_ascii=True, allow_nan=True)  # as json.dumps
+_scan = json.decoder.scanstring  # type: ignore[attr-defined]  # CPython's C scanner: one JSON string from an index
 
 
 @attrs.frozen
@@ -58,11 +65,14 @@ class EndNotice:
 
 @attrs.frozen
 class DeliverNotice:
+    """``args`` is the JSON text of ``[event, payload]`` (:func:`~liveloop.wire.socketio
+    .event_json`), carried and handed on as it is."""
+
     sid: str
     node: str
     room_id: str
     event: str
-    payload: Any = attrs.field(eq=False)
+    args: str
 
 
 @attrs.frozen
@@ -139,9 +149,11 @@ def _from_fields(fields: list[Any]) -> Notice:
                            str(fields[9]) in ("1", "True", "true"))
     if kind == "E" and len(fields) == 4:
         return EndNotice(str(fields[1]), str(fields[2]), str(fields[3]))
-    if kind == "D" and len(fields) == 6:
-        return DeliverNotice(str(fields[1]), str(fields[2]), str(fields[3]), str(fields[4]),
-                             fields[5])
+    if (kind == "D" and len(fields) == 5 and isinstance(fields[4], list) and fields[4]
+            and isinstance(fields[4][0], str)):
+        # Not the text a node writes (that one takes _delivered's way): encoded afresh.
+        return DeliverNotice(str(fields[1]), str(fields[2]), str(fields[3]), fields[4][0],
+                             event_json(fields[4][0], fields[4][1:]))
     if kind == "C" and len(fields) == 6:
         return ClaimNotice(*(str(field) for field in fields[1:]))
     if kind == "H" and len(fields) == 4:
@@ -160,8 +172,8 @@ def _from_fields(fields: list[Any]) -> Notice:
 def encode(notice: Notice) -> str:
     """The notice's wire text."""
     if isinstance(notice, DeliverNotice):  # one per relay across nodes
-        return _compact(["D", notice.sid, notice.node, notice.room_id, notice.event,
-                         notice.payload])
+        head = _compact(["D", notice.sid, notice.node, notice.room_id])
+        return f"{head[:-1]},{notice.args}]"
     if isinstance(notice, EndNotice):
         return json.dumps(["E", notice.sid, notice.node, notice.room_id])
     if isinstance(notice, ClaimNotice):
@@ -185,8 +197,38 @@ def encode(notice: Notice) -> str:
                        notice.partner_image, int(notice.initiator)])
 
 
+def _delivered(text: str) -> DeliverNotice | None:
+    """A relay's notice, its payload not decoded: ``["D","sid","node","room",["event",``
+    as :func:`encode` writes it, then the rest of ``[event, payload]`` up to the closing
+    ``]]``, taken as it is (it comes from a node, which encoded it). None for any other
+    text, which the caller decodes in full."""
+    try:
+        sid, end = _scan(text, 6)
+        if text[end:end + 2] != ',"':
+            return None
+        node, end = _scan(text, end + 2)
+        if text[end:end + 2] != ',"':
+            return None
+        room_id, end = _scan(text, end + 2)
+        if text[end:end + 3] != ',["' or text[-2:] != "]]":
+            return None
+        event, _ = _scan(text, end + 3)
+    except ValueError:
+        return None
+    return DeliverNotice(sid, node, room_id, event, text[end + 1:-1])
+
+
 def decode(text: str | bytes) -> Notice:
     """A notice from its wire text; raises :class:`BadNotice`."""
+    if isinstance(text, bytes) and text[:6] == b'["D","':
+        try:
+            text = text.decode()
+        except UnicodeDecodeError as error:
+            raise BadNotice(str(error)) from None
+    if isinstance(text, str) and text[:6] == '["D","':
+        notice = _delivered(text)
+        if notice is not None:
+            return notice
     try:
         fields = json.loads(text)
     except ValueError as error:

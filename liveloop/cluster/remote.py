@@ -43,6 +43,9 @@ class _Elsewhere:
     def emit(self, event: str, *args: JSON) -> None:
         """Never used: a partner is only posted to."""
 
+    def emit_json(self, data: str) -> None:
+        """Never used: a partner is only posted to."""
+
     async def call(self, event: str, *args: JSON) -> list[JSON]:
         raise NotImplementedError("a remote partner is only posted to")
 
@@ -74,7 +77,7 @@ class RemoteSocket(_Elsewhere):
 
     def _notice(self, message: Deliver) -> DeliverNotice:
         return DeliverNotice(self._sid, self._node, message.room_id, message.event,
-                             message.payload)
+                             message.json())
 
     async def send(self, message: Deliver) -> None:
         """Publish a relayed event for the partner; waits while the publisher is full

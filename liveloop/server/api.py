@@ -65,6 +65,11 @@ class Socket(Protocol):
         Raises nothing: a closed socket drops it; a full outbox disconnects the client.
         """
 
+    def emit_json(self, data: str) -> None:
+        """As :meth:`emit`, with ``[event, *args]`` given as its JSON text, exactly as
+        :func:`liveloop.wire.socketio.event_json` writes it (no bytes inside): written
+        to the client as it is, with the recovery offset appended when it has one."""
+
     def post(self, message: object) -> None:
         """Deliver ``message`` to this socket's handler ``on_message``, without waiting.
 

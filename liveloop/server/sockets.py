@@ -34,6 +34,7 @@ from .api import (
 from .recovery import (
     RECOVERABLE,
     Exported,
+    History,
     MemoryStore,
     RecoveryRecord,
     RecoveryStore,
@@ -109,7 +110,26 @@ class NamespaceSocket:
                 self._send(sio.encode_event(self._namespace, event, args))
             return
         history = record.history
-        parts = sio.encode_event(self._namespace, event, (*args, history.stamp()))
+        self._emit_kept(history, sio.encode_event(self._namespace, event,
+                                                  (*args, history.stamp())))
+
+    def emit_json(self, data: str) -> None:
+        # ``data`` is what encode_event puts after the packet's head: the packet is
+        # made without decoding it, and with a record its offset goes in as the last
+        # argument (``[..., "7"]``), as emit would have written it.
+        if not self._connected:
+            return
+        head = self._prefix[1:]
+        record = self.record
+        if record is None:
+            if not self._session.closed:
+                self._send([head + data])
+            return
+        history = record.history
+        self._emit_kept(history, [f'{head}{data[:-1]},"{history.stamp()}"]'])
+
+    def _emit_kept(self, history: History, parts: list[str | bytes]) -> None:
+        """Keep a packet just stamped in ``history``, and send it."""
         if len(parts) == 1 and self._held is None and self._away is None:
             # The hot path: one text frame, built once, kept and sent as it is.
             frame = "4" + parts[0]  # type: ignore[operator]

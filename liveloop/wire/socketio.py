@@ -133,6 +133,14 @@ def encode_event(namespace: str, event: str, args: tuple[Any, ...] | list[Any],
     return [head + data if ack_id is None else f"{head}{ack_id}{data}"]
 
 
+def event_json(event: str, args: tuple[Any, ...] | list[Any]) -> str:
+    """The JSON text of ``[event, *args]`` exactly as :func:`encode_event` writes it in
+    a text packet (TypeError if an argument holds bytes): what a relay carries to another
+    node, whose socket then writes it with :meth:`NamespaceSocket.emit_json
+    <liveloop.server.sockets.NamespaceSocket.emit_json>`."""
+    return _dumps([event, *args])
+
+
 def encode_ack(namespace: str, args: tuple[Any, ...] | list[Any], ack_id: int
                ) -> list[str | bytes]:
     """Encode ACK ``ack_id`` with ``args`` (BINARY_ACK if any holds bytes)."""
