@@ -173,7 +173,8 @@ class Peer:
         script has run, so an event another client sends after this ack, to any node,
         is ordered after it (docs/events.md, "What an ack means"). A change whose script
         failed, or that is not confirmed within ``node_timeout``, refuses the event
-        ``unavailable`` instead (whatever else it was answered)."""
+        ``unavailable`` instead (whatever else it was answered), and the connection is
+        dropped right after the refusal: nobody knows the person's state any more."""
         receipts: list[Receipt] | None = [] if self._confirm else None
         self._receipts = receipts
         error: LiveLoopError | None = None

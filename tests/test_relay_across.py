@@ -135,6 +135,9 @@ def test_deliver_notice_text_and_fallback() -> None:
     assert isinstance(decoded, wire.DeliverNotice)
     assert decoded.args == event_json(events.MESSAGE_RECEIVED, [{"message": 1}])
     for bad in ('["D","a","n","R","ev"]', '["D","a","n","R",[]]', '["D","a","n",["e"]]',
-                '["D","a","n","R",["e"],1]', '["D","a'):
+                '["D","a","n","R",["e"],1]', '["D","a',
+                # JSON that event_json refuses (NaN): one notice lost, not the node
+                '[ "D", "a", "n", "R", ["e", NaN] ]',
+                '["M","a","n","not a ticket","R","b","n","B","",1]'):
         with pytest.raises(wire.BadNotice):
             wire.decode(bad)

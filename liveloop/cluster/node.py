@@ -603,11 +603,7 @@ class ClusterMatchmaker(HandoverMixin):
             # Cleared first: a failure while registering (another client's change, say)
             # makes it dirty again, for the next beat to clear what that failure left.
             self._dirty = False
-            try:
-                await self._rejoin("lost track of the shared state")
-            except BaseException:
-                self._dirty = True
-                raise
+            await self._rejoin("lost track of the shared state")
             return
         alive, found = await self._script("HEARTBEAT",
                                           (self.node_id, self._liveness_ms(), 0,
@@ -630,11 +626,16 @@ class ClusterMatchmaker(HandoverMixin):
         node registers must not be wiped by the clearing behind its back (it is dropped
         with the rest, and asks again); and the dropped clients must not first hear that
         their calls ended and act on it (re-queue) from a node about to drop them: the
-        notices reach only the partners on other nodes."""
+        notices reach only the partners on other nodes. If registering fails the node is
+        dirty, whatever made it rejoin: the next beat registers again. (Applying only
+        queues the notices for the publisher, which handles Redis's failures itself.)"""
         try:
             found = await self._register()
-        finally:
+        except BaseException:
             self.drop_clients(why)
+            self._dirty = True
+            raise
+        self.drop_clients(why)
         await self._apply(found)
 
     def drop_clients(self, why: str) -> None:

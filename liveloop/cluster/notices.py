@@ -235,4 +235,7 @@ def decode(text: str | bytes) -> Notice:
         raise BadNotice(str(error)) from None
     if not isinstance(fields, list) or not fields:
         raise BadNotice("not a JSON array")
-    return _from_fields(fields)
+    try:
+        return _from_fields(fields)
+    except (ValueError, TypeError) as error:  # a field of the wrong kind: one notice lost
+        raise BadNotice(f"{type(error).__name__}: {error}") from None

@@ -229,11 +229,11 @@ class Server:
                            replay)  # type: ignore[arg-type]
         try:
             await server.run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            raise  # the peer went away: handle() knows
-        except Exception as exc:
-            hypercorn_eof.contained(exc)
-
+        except* h11.LocalProtocolError as group:
+            # hypercorn's h11 state broken by the client's bytes (a refused handshake
+            # with more after it): that connection's end, at INFO. Anything else is
+            # left to handle(), which logs a failure at ERROR.
+            hypercorn_eof.contained(group)
 
     def _websocket(self, stream: trio.SocketStream, http: h11.Connection, event: object
                    ) -> Callable[[], Awaitable[None]] | None:
