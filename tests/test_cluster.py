@@ -661,42 +661,25 @@ async def test_a_rejoining_node_clears_before_it_drops_and_tells_after() -> None
     assert not socket.connected and node.drops == 1
 
 
-async def test_a_node_that_fails_to_rejoin_still_drops_and_stays_dirty() -> None:
+@pytest.mark.parametrize("why", ["dirty", "declared lost"])
+async def test_a_node_that_fails_to_rejoin_still_drops_and_stays_dirty(why: str) -> None:
     steps: list[tuple[str, bool]] = []
     node, socket = rejoining_node(steps)
-
-    async def register() -> list[Any]:
-        raise ConnectionError("Redis still away")
-
-    async def subscribed() -> None:
-        pass
-
-    node._register = register
-    node._check_subscription = subscribed
-    node._dirty = True
-    with pytest.raises(ConnectionError):
-        await node._beat()
-    assert not socket.connected  # dropped all the same
-    assert node._dirty  # the next beat registers again
-    assert steps == []
-
-
-async def test_a_node_declared_lost_that_fails_to_rejoin_is_dirty() -> None:
-    steps: list[tuple[str, bool]] = []
-    node, socket = rejoining_node(steps)
-
-    async def heartbeat(name: str, args: Any) -> list[Any]:
-        return [0, []]  # not alive: another node declared this one lost
 
     async def register() -> list[Any]:
         raise ConnectionError("Redis away again")
 
+    async def heartbeat(name: str, args: Any) -> list[Any]:
+        return [0, []]  # not alive: another node declared this one lost
+
     async def subscribed() -> None:
         pass
 
-    node._script = heartbeat
     node._register = register
+    node._script = heartbeat
     node._check_subscription = subscribed
+    node._dirty = why == "dirty"
     with pytest.raises(ConnectionError):
         await node._beat()
-    assert not socket.connected and node._dirty
+    assert not socket.connected  # dropped all the same
+    assert node._dirty  # the next beat registers again
