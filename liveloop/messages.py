@@ -41,8 +41,8 @@ from .wire.socketio import event_json
 class Receipt:
     """What a connection waits for before acking a change: set once, when the change is
     applied or will not be (see the module's docstring). ``failed`` says the shared state
-    could not be reached for it: whether it happened is unknown, and the node drops its
-    clients at its next heartbeat (docs/cluster.md, "A lost node")."""
+    could not be reached for it: whether it happened is unknown, so the connection
+    refuses its event ``unavailable`` and closes (docs/events.md, "What an ack means")."""
 
     __slots__ = ("_done", "failed")
 

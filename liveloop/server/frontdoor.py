@@ -332,13 +332,8 @@ class _Replay(trio.abc.HalfCloseableStream):
     write is made when that write ends, and an EOF is made without yielding, so no
     write can start inside it.
 
-    :mod:`.hypercorn_eof` guards the same race under ``hypercorn -k trio``, where
-    hypercorn makes the stream itself and only a patch of its ``TCPServer`` can reach
-    it. Both exist because they guard different paths: this stream is in every
-    connection that ``liveloop serve`` hands to hypercorn (it must be anyway, to replay
-    the head), so it fixes the race without patching hypercorn's classes; the patch is
-    applied only when hypercorn hosts the app (``RootApp``'s lifespan), never under
-    ``liveloop serve``.
+    :mod:`.hypercorn_eof` guards the same race under ``hypercorn -k trio``; its
+    docstring says why both guards exist.
     """
 
     def __init__(self, stream: trio.abc.Stream, head: bytes) -> None:
